@@ -1,0 +1,39 @@
+# fw-screen: two commands do all set-up on a fresh machine.
+#   make demo   - install into .venv, start the embedded database, run the funnel on examples/
+#   make test   - install into .venv, run the test suite (real database server, real pymatgen)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test test-all bench install db-stop clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fw-screen demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest tests -m ''
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_cheap_funnel.py
+	$(BIN)/python benchmarks/bench_novelty.py
+
+db-stop: $(STAMP)
+	$(BIN)/fw-screen db stop
+
+clean:
+	-$(BIN)/fw-screen db stop
+	rm -rf .fw-screen

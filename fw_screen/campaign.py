@@ -1,0 +1,208 @@
+"""Stage runners: load a stage's inputs from the store, call the science, write the verdicts back.
+
+The CLI, the FireTasks and a Python user call these same functions.  Science lives in
+:mod:`fw_screen.ingest`, :mod:`fw_screen.validity` and :mod:`fw_screen.uniqueness`; database access in
+:mod:`fw_screen.db`.  Each runner works on a bounded slice (one batch, one shard) so a Firework is a
+few seconds to minutes of science.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+from pymatgen.core import Structure
+
+from fw_screen import references as refs
+from fw_screen import status as st
+from fw_screen import uniqueness as uq
+from fw_screen.db import ResultsStore
+from fw_screen.ingest import iter_candidates
+from fw_screen.validity import check_cif
+
+log = logging.getLogger(__name__)
+
+#: candidates inserted per database round trip during ingest
+INGEST_CHUNK = 2000
+
+
+# ------------------------------------------------------------------------------------------- ingest
+def run_ingest(store: ResultsStore, path: str | Path, spec: dict, submission: str | None = None,
+               progress=None) -> dict:
+    """Read every input at ``path`` into the campaign; idempotent.  Returns counts and new batch ids."""
+    from fw_screen.db import new_submission_id
+
+    spec = store.register_campaign(spec)
+    submission = submission or new_submission_id()
+    summary = {"campaign": spec["campaign"], "submission": submission, "inputs": 0, "new": 0, "existing": 0,
+               "batches": []}
+    chunk: list[dict] = []
+
+    def flush():
+        res = store.insert_candidates(chunk, spec["batch_size"], submission, start_index=summary["new"])
+        summary["new"] += len(res["new"])
+        summary["existing"] += res["existing"]
+        summary["batches"].extend(b for b in res["batches"] if b not in summary["batches"])
+        chunk.clear()
+
+    for doc in iter_candidates(path, spec["campaign"], spec):
+        chunk.append(doc)
+        summary["inputs"] += 1
+        if len(chunk) >= INGEST_CHUNK:
+            flush()
+            if progress:
+                progress(summary["inputs"])
+    if chunk:
+        flush()
+    return summary
+
+
+# ----------------------------------------------------------------------------------------- validity
+def validity_fields(doc: dict, spec: dict) -> dict:
+    """The stored result of the validity stage for one ingested candidate (never raises)."""
+    if doc.get("ingest_error"):
+        return {"validity": {"valid": False, "first_failure": "ingest", "reason": doc["ingest_error"],
+                             "checks": {}}}
+    try:
+        result = check_cif(doc.get("cif_processed"), spec["validity"])
+        fields = {"validity": result.as_dict(), **result.info}
+        if result.structure is not None:
+            fields["structure"] = result.structure.as_dict()
+        if result.valid:
+            reduced = uq.reduce_structure(result.structure)
+            fields["structure_reduced"] = reduced.as_dict()
+            fields["match_key"] = uq.match_key(reduced)
+            fields["shard"] = uq.shard_of(reduced.composition.reduced_formula, spec["dedup_shards"])
+        return fields
+    except Exception as exc:  # a bug or a pathological input must not take the batch down
+        log.exception("validity failed on %s", doc["_id"])
+        return {"validity": {"valid": False, "first_failure": "internal_error",
+                             "reason": f"{type(exc).__name__}: {exc}", "checks": {}}}
+
+
+def run_validity(store: ResultsStore, campaign: str, batch: str, flush_every: int = 50) -> dict:
+    """Validity for every still-ingested candidate of one batch."""
+    spec = store.campaign_spec(campaign)
+    counts = {"valid": 0, "invalid": 0, "skipped": 0}
+    updates: list[tuple] = []
+    t0 = time.perf_counter()
+    docs = store.candidates_for({"campaign": campaign, "batch": batch, "status": st.INGESTED},
+                                {"cif_processed": 1, "ingest_error": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns per site about radii and oxidation states
+        for doc in docs:
+            fields = validity_fields(doc, spec)
+            new = st.VALID if fields["validity"]["valid"] else st.INVALID
+            updates.append((doc["_id"], st.INGESTED, new, fields))
+            counts[new] += 1
+            if len(updates) >= flush_every:
+                counts["skipped"] += len(updates) - store.transition(updates, "validity")
+                updates.clear()
+    if updates:
+        counts["skipped"] += len(updates) - store.transition(updates, "validity")
+    counts["seconds"] = round(time.perf_counter() - t0, 3)
+    return counts
+
+
+# --------------------------------------------------------------------------------------- uniqueness
+def _reference_items(store: ResultsStore, formulas: set[str]) -> dict[str, list[uq.Item]]:
+    """Reference structures of the given formulas by match key; reductions computed once and cached."""
+    by_key: dict[str, list[uq.Item]] = defaultdict(list)
+    to_cache = []
+    for ref in store.references_with_formula(formulas, {"structure": 1, "structure_reduced": 1, "match_key": 1}):
+        if ref.get("structure_reduced"):
+            reduced = Structure.from_dict(ref["structure_reduced"])
+            key = ref["match_key"]
+        else:
+            reduced = uq.reduce_structure(Structure.from_dict(ref["structure"]))
+            key = uq.match_key(reduced)
+            to_cache.append((ref["_id"], {"structure_reduced": reduced.as_dict(), "match_key": key}))
+        by_key[key].append(uq.Item(ref["_id"], reduced))
+    if to_cache:
+        store.cache_reference_reduction(to_cache)
+    return by_key
+
+
+def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
+    """Uniqueness within the campaign and novelty against references for one shard of formulas.
+
+    A lease on (campaign, shard) makes concurrent runs on the same shard take turns; every pending
+    (status ``valid``) candidate of the shard is decided, whichever submission it came from.
+    """
+    spec = store.campaign_spec(campaign)
+    matcher = uq.make_matcher(spec["uniqueness"])
+    lock = f"{campaign}:uniqueness:{shard}"
+    owner = store.acquire_lock(lock)
+    counts = {st.DUPLICATE: 0, st.KNOWN: 0, st.NOVEL: 0}
+    t0 = time.perf_counter()
+    try:
+        pending = list(store.candidates_for(
+            {"campaign": campaign, "shard": shard, "status": st.VALID},
+            {"match_key": 1, "reduced_formula": 1, "structure_reduced": 1, "seq": 1}))
+        if not pending:
+            return {**counts, "seconds": 0.0}
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for doc in pending:
+            groups[doc["match_key"]].append(doc)
+        formulas = {doc["reduced_formula"] for doc in pending}
+        ref_items = _reference_items(store, formulas)
+        ref_formulas = {key.split("|")[0] for key in ref_items}
+        reps_by_key: dict[str, list[uq.Item]] = defaultdict(list)
+        for rep in store.candidates_for({"campaign": campaign, "match_key": {"$in": list(groups)},
+                                         "status": {"$in": [st.KNOWN, st.NOVEL]}},
+                                        {"match_key": 1, "structure_reduced": 1}):
+            reps_by_key[rep["match_key"]].append(uq.Item(rep["_id"], Structure.from_dict(rep["structure_reduced"])))
+        updates = []
+        for i, (key, docs) in enumerate(groups.items()):
+            items = [uq.Item(d["_id"], Structure.from_dict(d["structure_reduced"])) for d in docs]
+            verdict = uq.deduplicate(items, reps_by_key[key], matcher)
+            for item, doc in zip(items, docs):
+                dup = verdict[item.id]
+                if dup is not None:
+                    updates.append((item.id, st.VALID, st.DUPLICATE, {"duplicate_of": dup}))
+                    continue
+                ref = uq.find_reference(item, ref_items.get(key, []), matcher)
+                fields = {"duplicate_of": None, "matched_reference": ref,
+                          "novel_composition": doc["reduced_formula"] not in ref_formulas}
+                updates.append((item.id, st.VALID, st.KNOWN if ref else st.NOVEL, fields))
+            if i % 50 == 49:
+                store.renew_lock(lock, owner)
+        for _, _, new, _ in updates:
+            counts[new] += 1
+        counts["moved"] = store.transition(updates, "uniqueness")
+    finally:
+        store.release_lock(lock, owner)
+    counts["seconds"] = round(time.perf_counter() - t0, 3)
+    return counts
+
+
+# --------------------------------------------------------------------------------------- references
+def load_references(store: ResultsStore, source: str | Path, set_name: str | None = None) -> dict:
+    """Load reference structures from a file/folder (or ``mp:CHEMSYS`` through mp-api) into the store."""
+    source = str(source)
+    if source.startswith("mp:"):
+        docs, skipped = refs.from_mp_api(source[3:], set_name or "mp")
+    else:
+        docs, skipped = refs.load(source, set_name)
+    result = store.add_references(docs)
+    store.ensure_indexes()
+    return {**result, "skipped_without_structure": skipped, "source": source}
+
+
+# ------------------------------------------------------------------------------------------ reports
+def funnel_report(store: ResultsStore, campaign: str) -> dict:
+    counts = store.status_counts(campaign)
+    report = {"campaign": campaign, "status": counts, "funnel": st.funnel(counts),
+              "first_failure": store.failure_counts(campaign)}
+    f = report["funnel"]
+    decided = f["inputs"] - f["pending_validity"]
+    report["rates"] = {
+        "validity": f["valid"] / decided if decided else None,
+        "uniqueness_among_valid": (f["unique"] / (f["valid"] - f["pending_uniqueness"])
+                                   if f["valid"] - f["pending_uniqueness"] else None),
+        "novelty_among_unique": f["novel"] / f["unique"] if f["unique"] else None,
+    }
+    return report

@@ -1,0 +1,293 @@
+"""``fw-screen``: the command line.  It parses arguments and calls the functions a Python user would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fw_screen import server
+
+
+class CLIError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def resolve_launchpad(arg: str | None, state: str | None = None) -> str:
+    """-l, else $FW_SCREEN_LAUNCHPAD, else the embedded server's launchpad.yaml."""
+    for candidate in (arg, os.environ.get("FW_SCREEN_LAUNCHPAD")):
+        if candidate:
+            if not Path(candidate).is_file():
+                raise CLIError(f"LaunchPad file not found: {candidate}")
+            return str(Path(candidate).resolve())
+    embedded = server.launchpad_file(state)
+    if embedded.is_file():
+        return str(embedded)
+    raise CLIError("no database: start the embedded one with `fw-screen db start`, or give a LaunchPad file "
+                   "with -l (see launchpad/)")
+
+
+def _launchpad(path: str):
+    from fireworks import LaunchPad
+
+    from fw_screen.db import prepare_launchpad
+
+    lp = LaunchPad.from_file(path)
+    prepare_launchpad(lp)
+    return lp
+
+
+def _store(path: str):
+    from fw_screen.db import ResultsStore
+
+    return ResultsStore.from_launchpad(_launchpad(path))
+
+
+def _spec(args) -> dict:
+    from fw_screen.spec import load_spec
+
+    return load_spec(args.spec, campaign=args.campaign, batch_size=getattr(args, "batch_size", None))
+
+
+def _print(obj, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=1, default=str))
+    else:
+        for key, value in obj.items():
+            print(f"{key:>22}: {value}")
+
+
+# ----------------------------------------------------------------------------------------- commands
+def cmd_db(args) -> int:
+    if args.action == "start":
+        info = server.start(args.home, port=args.port)
+        word = "already running" if info["already_running"] else "started"
+        print(f"SecantusDB {word}: pid {info['pid']}, {info['host']}:{info['port']}, data {info['data']}")
+        print(f"LaunchPad file: {info['launchpad']}  (lpad -l / rlaunch -l)")
+    elif args.action == "stop":
+        info = server.stop(args.home)
+        print(f"stopped pid {info['pid']}" if info["stopped"] else info["message"])
+    else:
+        info = server.status(args.home)
+        _print(info, args.json)
+        return 0 if info.get("answering") else 3
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from fw_screen.workflows import submit
+
+    lp_file = resolve_launchpad(args.launchpad, args.home)
+    spec = _spec(args)
+    t0 = time.perf_counter()
+    summary, wf = submit(_launchpad(lp_file), _store(lp_file), args.input, spec,
+                         progress=lambda n: print(f"  ingested {n} inputs", flush=True))
+    print(f"{summary['inputs']} inputs -> {summary['new']} new candidates, {summary['existing']} already in "
+          f"campaign {summary['campaign']!r} ({time.perf_counter() - t0:.1f} s)")
+    if wf is None:
+        print("no new work: every batch already has its Fireworks")
+    else:
+        print(f"added workflow {wf.name!r}: {len(wf.fws)} Fireworks ({len(summary['workflow_batches'])} validity "
+              f"batches, {spec['dedup_shards']} uniqueness shards)")
+    return 0
+
+
+def cmd_workflow(args) -> int:
+    from fw_screen.workflows import ingest_workflow
+
+    spec = _spec(args)
+    wf = ingest_workflow(args.input, spec, db_file=args.db_file)
+    wf.to_file(args.output)
+    print(f"wrote {args.output}: add it with `lpad -l LAUNCHPAD add {args.output}`")
+    return 0
+
+
+def cmd_references(args) -> int:
+    from fw_screen.campaign import load_references
+
+    store = _store(resolve_launchpad(args.launchpad, args.home))
+    for source in args.sources:
+        result = load_references(store, source, args.set)
+        print(f"{source}: {result['new']} new, {result['existing']} already loaded, "
+              f"{result['skipped_without_structure']} skipped (no structure)")
+    print(f"references in database: {store.reference_count()}")
+    return 0
+
+
+def format_report(report: dict) -> str:
+    f, r = report["funnel"], report["rates"]
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    lines = [f"campaign {report['campaign']}",
+             f"  inputs            {f['inputs']:>7}",
+             f"  pending validity  {f['pending_validity']:>7}",
+             f"  invalid           {f['invalid']:>7}",
+             f"  valid (V)         {f['valid']:>7}   validity rate {pct(r['validity'])}",
+             f"  pending unique    {f['pending_uniqueness']:>7}",
+             f"  duplicate         {f['duplicate']:>7}",
+             f"  unique (VU)       {f['unique']:>7}   unique among valid {pct(r['uniqueness_among_valid'])}",
+             f"  known             {f['known']:>7}",
+             f"  novel (VUN)       {f['novel']:>7}   novel among unique {pct(r['novelty_among_unique'])}"]
+    if report["first_failure"]:
+        lines.append("  invalid by first failing check: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(report["first_failure"].items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    from fw_screen.campaign import funnel_report
+
+    store = _store(resolve_launchpad(args.launchpad, args.home))
+    names = [args.campaign] if args.campaign else store.campaign_names()
+    if not names:
+        print("no campaigns yet: `fw-screen submit INPUT --campaign NAME`")
+        return 0
+    reports = [funnel_report(store, n) for n in names]
+    if args.json:
+        print(json.dumps(reports, indent=1))
+    else:
+        print("\n\n".join(format_report(r) for r in reports))
+    return 0
+
+
+def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, sleep: int = 2,
+                   timeout: int | None = None) -> list[int]:
+    """Run ``workers`` rlaunch rapidfire processes until no work is left; returns their exit codes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    rlaunch = Path(sys.executable).parent / "rlaunch"
+    cmd = [str(rlaunch if rlaunch.exists() else "rlaunch"), "-s", "-l", lp_file, "-w", fworker, "rapidfire",
+           "--sleep", str(sleep)]
+    if timeout:
+        cmd += ["--timeout", str(timeout)]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = []
+    for i in range(workers):
+        d = workdir / f"worker{i}"
+        d.mkdir(exist_ok=True)
+        log = open(d / "rlaunch.log", "ab")
+        procs.append(subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env))
+    return [p.wait() for p in procs]
+
+
+def cmd_run(args) -> int:
+    lp_file = resolve_launchpad(args.launchpad, args.home)
+    fworker = args.fworker or str(server.home(args.home) / f"fworker_{args.category}.yaml")
+    if not Path(fworker).is_file():
+        raise CLIError(f"FWorker file not found: {fworker} (fw-screen db start writes them)")
+    t0 = time.perf_counter()
+    codes = launch_workers(lp_file, fworker, args.workers, server.home(args.home) / "launches")
+    print(f"{args.workers} launcher(s) finished in {time.perf_counter() - t0:.1f} s (exit codes {codes})")
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+# -------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fw-screen", description="Screen generated crystal structures with FireWorks.")
+    p.add_argument("--home", help="state folder of the embedded server (default $FW_SCREEN_HOME or ./.fw-screen)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="start/stop/status of the embedded SecantusDB server")
+    db.add_argument("action", choices=["start", "stop", "status"])
+    db.add_argument("--port", type=int, default=server.DEFAULT_PORT)
+    db.add_argument("--json", action="store_true")
+    db.set_defaults(func=cmd_db)
+
+    def campaign_args(sp):
+        sp.add_argument("input", help="folder of CIFs, CIF file, .tar[.gz], .csv or .parquet")
+        sp.add_argument("--spec", help="campaign spec YAML (default: specs/default.yaml)")
+        sp.add_argument("-c", "--campaign", help="campaign name (overrides the spec's)")
+        sp.add_argument("--batch-size", type=int, help="candidates per cheap-stage Firework")
+
+    s = sub.add_parser("submit", help="ingest inputs and add their workflow to the LaunchPad")
+    campaign_args(s)
+    s.add_argument("-l", "--launchpad")
+    s.set_defaults(func=cmd_submit)
+
+    w = sub.add_parser("workflow", help="write a workflow YAML for `lpad add` (ingest runs on a worker)")
+    campaign_args(w)
+    w.add_argument("-o", "--output", required=True)
+    w.add_argument("--db-file", help="LaunchPad file the workers use (default: their FWorker env db_file)")
+    w.set_defaults(func=cmd_workflow)
+
+    r = sub.add_parser("references", help="load reference structures for novelty")
+    r.add_argument("sources", nargs="+", help="file/folder (CIF folder, .json[.gz], .csv, .parquet) or mp:CHEMSYS")
+    r.add_argument("--set", help="name of the reference set (default: file name)")
+    r.add_argument("-l", "--launchpad")
+    r.set_defaults(func=cmd_references)
+
+    stt = sub.add_parser("status", help="funnel counts per campaign")
+    stt.add_argument("-c", "--campaign")
+    stt.add_argument("-l", "--launchpad")
+    stt.add_argument("--json", action="store_true")
+    stt.set_defaults(func=cmd_status)
+
+    run = sub.add_parser("run", help="run local rlaunch workers until the LaunchPad has no work left")
+    run.add_argument("-n", "--workers", type=int, default=2)
+    run.add_argument("--category", default="all", choices=["cheap", "ml", "dft", "all"])
+    run.add_argument("-w", "--fworker")
+    run.add_argument("-l", "--launchpad")
+    run.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="the whole cheap funnel on the bundled CrystaLLM-pi generations")
+    d.add_argument("--input", default=None)
+    d.add_argument("--references", nargs="*", default=None)
+    d.add_argument("-n", "--workers", type=int, default=2)
+    d.add_argument("-c", "--campaign", default="demo")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def cmd_demo(args) -> int:
+    from fw_screen.campaign import funnel_report, load_references
+    from fw_screen.spec import load_spec
+    from fw_screen.workflows import submit
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    source = args.input or str(examples / "crystallm_pi_generated_8k.parquet")
+    ref_sources = args.references if args.references is not None else sorted(
+        str(p) for p in examples.glob("mp_*.json.gz"))
+    info = server.start(args.home)
+    print(f"database: SecantusDB pid {info['pid']} on {info['host']}:{info['port']}")
+    lp_file = info["launchpad"]
+    store = _store(lp_file)
+    for src in ref_sources:
+        res = load_references(store, src)
+        print(f"references {Path(src).name}: {res['new']} new, {res['existing']} already loaded")
+    spec = load_spec(campaign=args.campaign)
+    t0 = time.perf_counter()
+    summary, wf = submit(_launchpad(lp_file), store, source, spec)
+    print(f"ingested {summary['inputs']} inputs: {summary['new']} new candidates")
+    if wf is not None:
+        print(f"workflow: {len(wf.fws)} Fireworks; running {args.workers} rlaunch workers ...", flush=True)
+        codes = launch_workers(lp_file, str(server.home(args.home) / "fworker_all.yaml"), args.workers,
+                               server.home(args.home) / "launches")
+        print(f"workers finished: exit codes {codes}")
+    print(format_report(funnel_report(store, spec["campaign"])))
+    print(f"total {time.perf_counter() - t0:.1f} s; query it: lpad -l {lp_file} get_wflows; "
+          f"fw-screen status -c {spec['campaign']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from fw_screen.db import StoreError
+    from fw_screen.ingest import IngestError
+    from fw_screen.references import ReferenceSourceError
+    from fw_screen.spec import SpecError
+
+    try:
+        return args.func(args)
+    except (CLIError, server.ServerError, SpecError, StoreError, IngestError, ReferenceSourceError) as exc:
+        print(f"fw-screen: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

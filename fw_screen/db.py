@@ -1,0 +1,259 @@
+"""All MongoDB access of fw-screen (the FireWorks collections are FireWorks' own business).
+
+Results live in the LaunchPad's database, so one LaunchPad file (``-l my_launchpad.yaml``) says where
+everything is.  Collections:
+
+* ``candidates``: one document per input CIF (``_id`` = ``campaign:hash``), with its stage results;
+* ``campaigns``: one document per campaign, holding the validated spec it runs with;
+* ``references``: reference structures for novelty, keyed by reduced formula;
+* ``fws_locks``: leases that serialise uniqueness work on one shard of one campaign.
+
+Status changes go through :meth:`ResultsStore.transition`, which only updates documents still in the
+expected ``from`` status: a stage that runs twice (a re-run Firework, two launchers) changes nothing the
+second time, so every candidate is processed exactly once per stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import time
+import uuid
+from typing import Iterable, Iterator
+
+from pymongo import ASCENDING, InsertOne, UpdateOne
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from fw_screen import status as st
+
+CANDIDATES = "candidates"
+CAMPAIGNS = "campaigns"
+REFERENCES = "references"
+LOCKS = "fws_locks"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class StoreError(RuntimeError):
+    """A database-level problem stated for a user (spec mismatch, lock timeout, unknown campaign)."""
+
+
+class ResultsStore:
+    """fw-screen's view of one MongoDB database."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.candidates = db[CANDIDATES]
+        self.campaigns = db[CAMPAIGNS]
+        self.references = db[REFERENCES]
+        self.locks = db[LOCKS]
+
+    # ------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_launchpad(cls, launchpad) -> "ResultsStore":
+        return cls(launchpad.db)
+
+    @classmethod
+    def from_file(cls, path: str) -> "ResultsStore":
+        """A store on the database a LaunchPad YAML file names (FireWorks' own connection logic)."""
+        from fireworks import LaunchPad
+
+        return cls(LaunchPad.from_file(path).db)
+
+    def ensure_indexes(self) -> None:
+        c = self.candidates
+        c.create_index([("campaign", ASCENDING), ("status", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("batch", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("seq", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("shard", ASCENDING), ("status", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("match_key", ASCENDING), ("status", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("reduced_formula", ASCENDING)])
+        c.create_index("content_hash")
+        self.references.create_index("reduced_formula")
+        self.references.create_index("match_key")
+        self.references.create_index("set")
+
+    # ------------------------------------------------------------------------------------ campaigns
+    def register_campaign(self, spec: dict) -> dict:
+        """Store the spec of a new campaign, or check it equals the stored one."""
+        name = spec["campaign"]
+        try:
+            self.campaigns.insert_one({"_id": name, "spec": spec, "created": utcnow(), "next_seq": 0})
+            self.ensure_indexes()
+            return spec
+        except DuplicateKeyError:
+            stored = self.campaigns.find_one({"_id": name})["spec"]
+            if stored != spec:
+                changed = sorted(k for k in set(stored) | set(spec) if stored.get(k) != spec.get(k))
+                raise StoreError(
+                    f"campaign {name!r} already exists with a different spec (fields differ: "
+                    f"{', '.join(changed)}); use a new campaign name, or the stored spec") from None
+            return stored
+
+    def campaign_spec(self, name: str) -> dict:
+        doc = self.campaigns.find_one({"_id": name}, {"spec": 1})
+        if doc is None:
+            raise StoreError(f"unknown campaign {name!r}")
+        return doc["spec"]
+
+    def campaign_names(self) -> list[str]:
+        return sorted(d["_id"] for d in self.campaigns.find({}, {"_id": 1}))
+
+    def _reserve_seq(self, campaign: str, n: int) -> int:
+        doc = self.campaigns.find_one_and_update({"_id": campaign}, {"$inc": {"next_seq": n}},
+                                                 projection={"next_seq": 1})
+        return doc["next_seq"]
+
+    # ---------------------------------------------------------------------------------- candidates
+    def insert_candidates(self, docs: list[dict], batch_size: int, submission: str | None = None,
+                          start_index: int = 0) -> dict:
+        """Insert new candidates (one campaign); already-present ids are left untouched (idempotent).
+
+        New candidates get a campaign-wide ``seq`` (input order) and a ``batch`` of ``batch_size``
+        (numbered from ``start_index``, the count of new candidates earlier in the same submission).
+        Returns {"new": [ids], "existing": n, "batches": [batch ids]}.
+        """
+        if not docs:
+            return {"new": [], "existing": 0, "batches": []}
+        campaign = docs[0]["campaign"]
+        ids = [d["_id"] for d in docs]
+        present = {d["_id"] for d in self.candidates.find({"_id": {"$in": ids}}, {"_id": 1})}
+        fresh, seen = [], set()
+        for d in docs:
+            if d["_id"] in present or d["_id"] in seen:
+                continue
+            seen.add(d["_id"])
+            fresh.append(d)
+        submission = submission or new_submission_id()
+        start = self._reserve_seq(campaign, len(fresh)) if fresh else 0
+        now = utcnow()
+        rows = [{**d, "seq": start + i, "batch": f"{submission}.{(start_index + i) // batch_size:05d}", "submission": submission,
+                 "created": now, "updated": now} for i, d in enumerate(fresh)]
+        inserted: set[str] = set()
+        for chunk in _chunks(rows, 1000):
+            try:
+                self.candidates.bulk_write([InsertOne(r) for r in chunk], ordered=False)
+                inserted.update(r["_id"] for r in chunk)
+            except BulkWriteError as exc:  # a concurrent submit inserted some first: theirs stand
+                errors = exc.details["writeErrors"]
+                if any(e.get("code") != 11000 for e in errors):
+                    raise
+                failed = {chunk[e["index"]]["_id"] for e in errors}
+                inserted.update(r["_id"] for r in chunk if r["_id"] not in failed)
+        new_ids = [r["_id"] for r in rows if r["_id"] in inserted]
+        batches = sorted({r["batch"] for r in rows if r["_id"] in inserted})
+        return {"new": new_ids, "existing": len(docs) - len(new_ids), "batches": batches}
+
+    def candidates_for(self, query: dict, projection: dict | None = None, sort: str | None = "seq") -> Iterator[dict]:
+        cursor = self.candidates.find(query, projection)
+        return cursor.sort(sort, ASCENDING) if sort else cursor
+
+    def transition(self, updates: Iterable[tuple[str, str, str, dict]], stage: str) -> int:
+        """Apply (id, from_status, to_status, fields) updates in bulk; returns how many moved.
+
+        A document no longer in ``from_status`` is left alone (its stage already ran).
+        """
+        ops = []
+        now = utcnow()
+        for cid, old, new, fields in updates:
+            st.check_transition(old, new)
+            ops.append(UpdateOne({"_id": cid, "status": old},
+                                 {"$set": {**fields, "status": new, "updated": now},
+                                  "$inc": {f"runs.{stage}": 1}}))
+        moved = 0
+        for chunk in _chunks(ops, 500):
+            moved += self.candidates.bulk_write(chunk, ordered=False).modified_count
+        return moved
+
+    def pending_batches(self, campaign: str) -> set[str]:
+        """Batches that still hold candidates waiting for validity."""
+        return set(self.candidates.distinct("batch", {"campaign": campaign, "status": st.INGESTED}))
+
+    def status_counts(self, campaign: str) -> dict[str, int]:
+        pipeline = [{"$match": {"campaign": campaign}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        return {d["_id"]: d["n"] for d in self.candidates.aggregate(pipeline)}
+
+    def failure_counts(self, campaign: str) -> dict[str, int]:
+        pipeline = [{"$match": {"campaign": campaign, "status": "invalid"}},
+                    {"$group": {"_id": "$validity.first_failure", "n": {"$sum": 1}}}]
+        return {str(d["_id"]): d["n"] for d in self.candidates.aggregate(pipeline)}
+
+    def check_pass_counts(self, campaign: str, checks: Iterable[str]) -> dict[str, int]:
+        group = {"_id": None, "n": {"$sum": 1}}
+        for name in checks:
+            group[name] = {"$sum": {"$cond": [{"$eq": [f"$validity.checks.{name}.passed", True]}, 1, 0]}}
+        out = list(self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$group": group}]))
+        return {k: v for k, v in (out[0] if out else {}).items() if k != "_id"}
+
+    # ---------------------------------------------------------------------------------- references
+    def add_references(self, docs: list[dict]) -> dict:
+        """Upsert reference structures by ``_id``; returns counts."""
+        ops = [UpdateOne({"_id": d["_id"]}, {"$setOnInsert": d}, upsert=True) for d in docs]
+        new = 0
+        for chunk in _chunks(ops, 1000):
+            new += self.references.bulk_write(chunk, ordered=False).upserted_count
+        return {"new": new, "existing": len(docs) - new}
+
+    def references_with_formula(self, formulas: Iterable[str], projection: dict | None = None) -> Iterator[dict]:
+        return self.references.find({"reduced_formula": {"$in": sorted(set(formulas))}}, projection)
+
+    def cache_reference_reduction(self, updates: list[tuple[str, dict]]) -> None:
+        ops = [UpdateOne({"_id": rid}, {"$set": fields}) for rid, fields in updates]
+        for chunk in _chunks(ops, 1000):
+            self.references.bulk_write(chunk, ordered=False)
+
+    def reference_count(self) -> int:
+        return self.references.estimated_document_count()
+
+    # --------------------------------------------------------------------------------------- locks
+    def acquire_lock(self, name: str, lease_s: float = 300, wait_s: float = 3600, poll_s: float = 0.5) -> str:
+        """Take the named lease (waiting for a live holder); returns the owner token."""
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        deadline = time.monotonic() + wait_s
+        while True:
+            now = utcnow()
+            try:
+                self.locks.update_one(
+                    {"_id": name, "$or": [{"owner": None}, {"expires": {"$lt": now}}]},
+                    {"$set": {"owner": owner, "expires": now + dt.timedelta(seconds=lease_s)}},
+                    upsert=True)
+                return owner
+            except DuplicateKeyError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"lock {name} still held after {wait_s:.0f} s") from None
+                time.sleep(poll_s)
+
+    def renew_lock(self, name: str, owner: str, lease_s: float = 300) -> bool:
+        res = self.locks.update_one({"_id": name, "owner": owner},
+                                    {"$set": {"expires": utcnow() + dt.timedelta(seconds=lease_s)}})
+        return res.matched_count == 1
+
+    def release_lock(self, name: str, owner: str) -> None:
+        self.locks.update_one({"_id": name, "owner": owner}, {"$set": {"owner": None, "expires": None}})
+
+
+def new_submission_id() -> str:
+    return utcnow().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def prepare_launchpad(launchpad) -> None:
+    """Initialise FireWorks' collections on a database that has never held a LaunchPad.
+
+    Only an empty LaunchPad is reset (``lpad reset`` would delete existing workflows).
+    """
+    if launchpad.fw_id_assigner.find_one({}) is None and launchpad.fireworks.find_one({}) is None:
+        launchpad.reset("", require_password=False)
+
+
+def batches_with_fireworks(launchpad, campaign: str) -> set[str]:
+    """Batches of a campaign that already have a validity Firework (in any state) on the LaunchPad."""
+    return set(launchpad.fireworks.distinct("spec.batch", {"spec.campaign": campaign, "spec.stage": "validity"}))

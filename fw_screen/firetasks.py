@@ -1,0 +1,71 @@
+"""FireTasks: thin glue between a Firework and a stage runner of :mod:`fw_screen.campaign`.
+
+Each task finds the results database through ``db_file`` (default ``>>db_file<<``, the FWorker's env, as
+atomate does; else the ``FW_SCREEN_LAUNCHPAD`` environment variable), calls one runner, and returns an
+``FWAction`` whose ``stored_data`` holds the runner's counts.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fireworks import FiretaskBase, FWAction, explicit_serialize
+
+from fw_screen import campaign
+from fw_screen.db import ResultsStore
+
+
+def resolve_db_file(value: str | None, fw_spec: dict) -> str:
+    """``>>key<<`` looks ``key`` up in the FWorker env; a path is used as it is."""
+    value = value or ">>db_file<<"
+    if value.startswith(">>") and value.endswith("<<"):
+        value = (fw_spec.get("_fw_env") or {}).get(value[2:-2]) or os.environ.get("FW_SCREEN_LAUNCHPAD")
+    if not value:
+        raise RuntimeError("no results database: give the FWorker env a db_file (a LaunchPad YAML path), "
+                           "or set FW_SCREEN_LAUNCHPAD")
+    return os.path.expanduser(value)
+
+
+def _store(task: FiretaskBase, fw_spec: dict) -> ResultsStore:
+    return ResultsStore.from_file(resolve_db_file(task.get("db_file"), fw_spec))
+
+
+@explicit_serialize
+class IngestTask(FiretaskBase):
+    """Ingest ``source`` into the campaign of ``spec``, then add the cheap-stage Fireworks for it."""
+
+    required_params = ["source", "spec"]
+    optional_params = ["db_file", "submission"]
+
+    def run_task(self, fw_spec):
+        from fw_screen.workflows import stage_workflow
+
+        store = _store(self, fw_spec)
+        summary = campaign.run_ingest(store, self["source"], self["spec"], submission=self.get("submission"))
+        wf = stage_workflow(summary["campaign"], summary["batches"], self["spec"], db_file=self.get("db_file"))
+        return FWAction(stored_data={k: v for k, v in summary.items() if k != "batches"},
+                        additions=[wf] if wf else None)
+
+
+@explicit_serialize
+class ValidityTask(FiretaskBase):
+    """Validity checks for one batch of candidates."""
+
+    required_params = ["campaign", "batch"]
+    optional_params = ["db_file"]
+
+    def run_task(self, fw_spec):
+        counts = campaign.run_validity(_store(self, fw_spec), self["campaign"], self["batch"])
+        return FWAction(stored_data=counts)
+
+
+@explicit_serialize
+class UniquenessTask(FiretaskBase):
+    """Uniqueness within the campaign and novelty against references, for one formula shard."""
+
+    required_params = ["campaign", "shard"]
+    optional_params = ["db_file"]
+
+    def run_task(self, fw_spec):
+        counts = campaign.run_uniqueness(_store(self, fw_spec), self["campaign"], int(self["shard"]))
+        return FWAction(stored_data=counts)

@@ -1,0 +1,151 @@
+"""Reference structures for novelty: loaders that turn files (or mp-api) into reference documents.
+
+Accepted: a folder of CIFs, pymatgen JSON (``.json`` / ``.json.gz``) of ComputedStructureEntries,
+Structures or their dicts (a list, or a mapping id -> object), CSV/parquet with a CIF column, and the
+Materials Project through mp-api when ``MP_API_KEY`` is set.  Entries without a structure (plain
+ComputedEntry) cannot serve novelty and are counted, not loaded.  Pure: no database here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import warnings
+from pathlib import Path
+from pymatgen.core import Structure
+
+
+class ReferenceSourceError(ValueError):
+    """A reference source cannot be read."""
+
+
+def reference_document(structure: Structure, ref_id: str, set_name: str, properties: dict | None = None) -> dict:
+    comp = structure.composition
+    return {
+        "_id": f"{set_name}:{ref_id}",
+        "set": set_name,
+        "ref_id": ref_id,
+        "formula": comp.formula.replace(" ", ""),
+        "reduced_formula": comp.reduced_formula,
+        "chemsys": "-".join(sorted({el.symbol for el in comp.elements})),
+        "nsites": len(structure),
+        "structure": structure.as_dict(),
+        "properties": properties or {},
+    }
+
+
+def _open_json(path: Path):
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        return json.load(fh)
+
+
+def _from_object(obj, fallback_id: str) -> tuple[Structure | None, str, dict]:
+    from monty.json import MontyDecoder
+
+    if isinstance(obj, dict) and "@class" in obj:
+        obj = MontyDecoder().process_decoded(obj)
+    elif isinstance(obj, dict) and "lattice" in obj and "sites" in obj:
+        obj = Structure.from_dict(obj)
+    if isinstance(obj, Structure):
+        return obj, fallback_id, {}
+    structure = getattr(obj, "structure", None)
+    ref_id = str(getattr(obj, "entry_id", None) or fallback_id)
+    props = {}
+    for key in ("e_above_hull", "e_form_per_atom"):
+        if isinstance(getattr(obj, "data", None), dict) and key in obj.data:
+            props[key] = obj.data[key]
+    if hasattr(obj, "energy_per_atom"):
+        props["energy_per_atom"] = float(obj.energy_per_atom)
+    return structure, ref_id, props
+
+
+def from_json(path: Path, set_name: str) -> tuple[list[dict], int]:
+    data = _open_json(path)
+    items = list(data.items()) if isinstance(data, dict) and "@class" not in data else list(enumerate(
+        data if isinstance(data, list) else [data]))
+    docs, skipped = [], 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, obj in items:
+            structure, ref_id, props = _from_object(obj, f"{path.stem}-{key}")
+            if structure is None:
+                skipped += 1
+                continue
+            # MP entries carry e_above_hull at the top level of their dict
+            if isinstance(obj, dict) and "e_above_hull" in obj:
+                props["e_above_hull"] = obj["e_above_hull"]
+            docs.append(reference_document(structure, ref_id, set_name, props))
+    return docs, skipped
+
+
+def _parse_cif(text: str) -> Structure:
+    from fw_screen.validity import parse_structure
+
+    return parse_structure(text)
+
+
+def from_cif_folder(path: Path, set_name: str) -> tuple[list[dict], int]:
+    docs, skipped = [], 0
+    for f in sorted(path.rglob("*.cif")):
+        try:
+            docs.append(reference_document(_parse_cif(f.read_text(errors="replace")), f.stem, set_name))
+        except Exception:
+            skipped += 1
+    return docs, skipped
+
+
+def from_table(path: Path, set_name: str, ingest: dict) -> tuple[list[dict], int]:
+    from fw_screen.ingest import read_inputs, source_key
+
+    docs, skipped = [], 0
+    for raw in read_inputs(path, ingest):
+        try:
+            structure = _parse_cif(raw.text)
+        except Exception:
+            skipped += 1
+            continue
+        ref_id = raw.source.get("material_id") or source_key(raw.source)
+        docs.append(reference_document(structure, str(ref_id), set_name))
+    return docs, skipped
+
+
+def from_mp_api(chemsys: str, set_name: str = "mp") -> tuple[list[dict], int]:
+    key = os.environ.get("MP_API_KEY")
+    if not key:
+        raise ReferenceSourceError("MP_API_KEY is not set: the Materials Project cannot be queried. Set it, or load "
+                              "reference files (e.g. pymatgen JSON of ComputedStructureEntries).")
+    try:
+        from mp_api.client import MPRester
+    except ImportError:
+        raise ReferenceSourceError("mp-api is not installed: pip install mp-api") from None
+    with MPRester(key) as mpr:
+        entries = mpr.get_entries_in_chemsys(chemsys.split("-"))
+    docs = [reference_document(e.structure, e.entry_id, set_name) for e in entries if hasattr(e, "structure")]
+    return docs, len(entries) - len(docs)
+
+
+def load(path: str | Path, set_name: str | None = None, ingest: dict | None = None) -> tuple[list[dict], int]:
+    """Reference documents from a file or folder; returns (documents, number skipped)."""
+    path = Path(path)
+    if not path.exists():
+        raise ReferenceSourceError(f"reference source not found: {path}")
+    name = set_name or path.name.split(".")[0]
+    lower = path.name.lower()
+    if path.is_dir():
+        return from_cif_folder(path, name)
+    if lower.endswith((".json", ".json.gz")):
+        return from_json(path, name)
+    if lower.endswith((".csv", ".parquet", ".pq")):
+        from fw_screen.spec import default_spec
+
+        return from_table(path, name, ingest or default_spec()["ingest"])
+    if lower.endswith(".cif"):
+        from fw_screen.ingest import split_blocks
+
+        docs = [reference_document(_parse_cif(b), f"{path.stem}-{i}", name)
+                for i, b in enumerate(split_blocks(path.read_text(errors="replace")))]
+        return docs, 0
+    raise ReferenceSourceError(f"{path}: unknown reference format (folder of CIFs, .json[.gz], .csv, .parquet, .cif)")
+

@@ -1,0 +1,190 @@
+"""The embedded database: a SecantusDB server (MongoDB wire protocol, WiredTiger storage) on loopback.
+
+``fw-screen db start`` launches ``secantusd-py`` as a daemon with its data, pid file and log under a
+project-local state folder (``$FW_SCREEN_HOME``, default ``./.fw-screen``), waits until it answers
+``ping``, and writes the files FireWorks needs to use it:
+
+* ``launchpad.yaml``: for ``lpad -l``, ``rlaunch -l``, ``qlaunch -l`` (``retryWrites: false``: SecantusDB's
+  retryable-write bookkeeping grows with every write and slows the server ~4x over a campaign);
+* ``fworker_cheap.yaml``, ``fworker_ml.yaml``, ``fworker_dft.yaml``, ``fworker_all.yaml``: FWorkers whose
+  ``env.db_file`` points the FireTasks at the same database.
+
+The data directory survives ``stop``/``start``.  Any real MongoDB works instead: write your own LaunchPad
+file (see ``launchpad/``) and pass it with ``-l``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+DEFAULT_PORT = 27117
+DEFAULT_DB_NAME = "fw_screen"
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def home(path: str | Path | None = None) -> Path:
+    """The state folder (absolute), from the argument, ``$FW_SCREEN_HOME``, or ``./.fw-screen``."""
+    return Path(path or os.environ.get("FW_SCREEN_HOME") or ".fw-screen").expanduser().resolve()
+
+
+def launchpad_file(state: str | Path | None = None) -> Path:
+    return home(state) / "launchpad.yaml"
+
+
+def _executable() -> str:
+    local = Path(sys.executable).parent / "secantusd-py"
+    found = str(local) if local.exists() else shutil.which("secantusd-py")
+    if not found:
+        raise ServerError("secantusd-py not found: pip install secantusdb (make demo / make test do this)")
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _read_state(state: Path) -> dict | None:
+    f = state / "server.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def ping(host: str, port: int, timeout_ms: int = 1000) -> bool:
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    client = MongoClient(host, port, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                         retryWrites=False)
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+def write_launchpad_files(state: Path, host: str, port: int, name: str = DEFAULT_DB_NAME) -> Path:
+    lp = {"host": host, "port": port, "name": name, "logdir": None, "strm_lvl": "INFO",
+          "mongoclient_kwargs": {"retryWrites": False, "serverSelectionTimeoutMS": 30000}}
+    path = state / "launchpad.yaml"
+    _write_private(path, yaml.safe_dump(lp, sort_keys=False))
+    for label, categories in (("cheap", ["cheap"]), ("ml", ["ml"]), ("dft", ["dft"]),
+                              ("all", ["cheap", "ml", "dft"])):
+        worker = {"name": f"fw-screen-{label}-{socket.gethostname()}", "category": categories,
+                  "query": "{}", "env": {"db_file": str(path)}}
+        _write_private(state / f"fworker_{label}.yaml", yaml.safe_dump(worker, sort_keys=False))
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (LaunchPad files may hold credentials)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def status(state: str | Path | None = None) -> dict:
+    state = home(state)
+    info = _read_state(state)
+    if not info:
+        return {"running": False, "home": str(state), "message": "no embedded server started here"}
+    alive = _pid_alive(info["pid"])
+    answering = alive and ping(info["host"], info["port"])
+    return {**info, "running": alive, "answering": answering, "home": str(state),
+            "launchpad": str(state / "launchpad.yaml")}
+
+
+def start(state: str | Path | None = None, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
+          timeout: float = 60.0, name: str = DEFAULT_DB_NAME) -> dict:
+    """Start the embedded server (or report the one already running here)."""
+    state = home(state)
+    state.mkdir(parents=True, exist_ok=True)
+    current = _read_state(state)
+    if current and _pid_alive(current["pid"]):
+        if ping(current["host"], current["port"]):
+            write_launchpad_files(state, current["host"], current["port"], current.get("name", name))
+            return {**current, "already_running": True, "launchpad": str(state / "launchpad.yaml")}
+        raise ServerError(f"server pid {current['pid']} is alive but not answering on port {current['port']}; "
+                          f"see {state / 'secantusd.log'} or run `fw-screen db stop`")
+    if port_in_use(host, port):
+        raise ServerError(f"port {port} on {host} is already in use by another process; "
+                          f"choose another with --port")
+    data = state / "db"
+    data.mkdir(exist_ok=True)
+    log = open(state / "secantusd.log", "ab")
+    cmd = [_executable(), "--host", host, "--port", str(port), "--storage-path", str(data), "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True)
+    info = {"pid": proc.pid, "host": host, "port": port, "name": name, "data": str(data), "started": time.time(),
+            "command": cmd}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(f"secantusd-py exited with code {proc.returncode}: {_tail(state / 'secantusd.log')}")
+        if ping(host, port, timeout_ms=500):
+            (state / "server.json").write_text(json.dumps(info, indent=1))
+            (state / "secantusd.pid").write_text(str(proc.pid))
+            write_launchpad_files(state, host, port, name)
+            return {**info, "already_running": False, "launchpad": str(state / "launchpad.yaml")}
+        time.sleep(0.2)
+    proc.kill()
+    raise ServerError(f"secantusd-py did not answer within {timeout:.0f} s: {_tail(state / 'secantusd.log')}")
+
+
+def stop(state: str | Path | None = None, timeout: float = 30.0) -> dict:
+    state = home(state)
+    info = _read_state(state)
+    if not info:
+        return {"stopped": False, "message": "no embedded server started here"}
+    pid = info["pid"]
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)  # secantusd-py checkpoints WiredTiger and exits
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    for f in ("server.json", "secantusd.pid"):
+        (state / f).unlink(missing_ok=True)
+    return {"stopped": True, "pid": pid}
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"

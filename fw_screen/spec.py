@@ -1,0 +1,140 @@
+"""Campaign specs: load a YAML file, fill defaults from ``specs/default.yaml``, validate every field.
+
+A spec is plain data (a dict), as quacc keeps its presets: the stage functions take the sub-dict they
+need.  A bad spec stops with :class:`SpecError` naming the field (``validity.symprec: expected a
+number > 0, got 'abc'``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CHECK_NAMES = (
+    "sensible",
+    "formula_consistent",
+    "multiplicity_consistent",
+    "bond_length",
+    "space_group",
+    "ordered",
+    "smact",
+    "min_distance",
+    "volume",
+)
+
+
+class SpecError(ValueError):
+    """A campaign spec field is missing, unknown or out of range."""
+
+
+def _default_path() -> Path:
+    return Path(str(resources.files("fw_screen").joinpath("default_spec.yaml")))
+
+
+def default_spec() -> dict:
+    with open(_default_path()) as fh:
+        return yaml.safe_load(fh)
+
+
+def _merge(base: dict, override: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        where = f"{path}{key}"
+        if key not in base:
+            raise SpecError(f"{where}: unknown field (known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict) and key != "table":
+            if not isinstance(value, dict):
+                raise SpecError(f"{where}: expected a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, where + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def _number(spec: dict, dotted: str, low: float | None = None, high: float | None = None,
+            integer: bool = False) -> None:
+    node: Any = spec
+    for part in dotted.split("."):
+        node = node[part]
+    ok = isinstance(node, int) if integer else isinstance(node, (int, float))
+    if isinstance(node, bool) or not ok or (low is not None and node < low) or (
+            high is not None and node > high):
+        kind = "an integer" if integer else "a number"
+        bounds = "" if low is None else f" >= {low}" + ("" if high is None else f" and <= {high}")
+        raise SpecError(f"{dotted}: expected {kind}{bounds}, got {node!r}")
+
+
+def _string_list(value: Any, dotted: str) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(f"{dotted}: expected a list of names, got {value!r}")
+
+
+def validate(spec: dict) -> dict:
+    """Check types and ranges of every field; return the spec (condition tables as {"0.05": 0.072})."""
+    name = spec.get("campaign")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
+        raise SpecError(f"campaign: expected a name of letters, digits, '_', '-', '.', got {name!r}")
+    _number(spec, "batch_size", 1, 100_000, integer=True)
+    _number(spec, "dedup_shards", 1, 1024, integer=True)
+    for key in ("cif_columns", "condition_columns", "id_columns", "prompt_columns"):
+        _string_list(spec["ingest"][key], f"ingest.{key}")
+    if not isinstance(spec["ingest"]["postprocess"], bool):
+        raise SpecError(f"ingest.postprocess: expected true or false, got {spec['ingest']['postprocess']!r}")
+    _number(spec, "ingest.max_cif_bytes", 1, integer=True)
+    val = spec["validity"]
+    _string_list(val["required"], "validity.required")
+    for check in val["required"]:
+        if check not in CHECK_NAMES:
+            raise SpecError(f"validity.required: unknown check {check!r} (known: {', '.join(CHECK_NAMES)})")
+    for key in ("symprec", "bond_tolerance", "h_bond_factor", "min_cell_length", "max_cell_length",
+                "min_distance", "min_volume"):
+        _number(spec, f"validity.{key}", 0)
+    _number(spec, "validity.min_bond_score", 0, 1)
+    _number(spec, "validity.min_cell_angle", 0, 180)
+    _number(spec, "validity.max_cell_angle", 0, 180)
+    _number(spec, "validity.max_sites", 1, integer=True)
+    for key in ("ltol", "stol", "angle_tol"):
+        _number(spec, f"uniqueness.{key}", 0)
+    conditions = spec["conditions"]
+    if not isinstance(conditions, list):
+        raise SpecError(f"conditions: expected a list, got {conditions!r}")
+    for i, cond in enumerate(conditions):
+        where = f"conditions[{i}]"
+        if not isinstance(cond, dict) or set(cond) - {"name", "unit", "table"} or "name" not in cond:
+            raise SpecError(f"{where}: expected {{name, unit, table}}, got {cond!r}")
+        table = cond.get("table") or {}
+        if not isinstance(table, dict):
+            raise SpecError(f"{where}.table: expected a mapping normalised -> physical value")
+        try:  # keys stored as strings: the spec is saved in MongoDB, whose keys must be strings
+            cond["table"] = {str(float(k)): float(v) for k, v in table.items()}
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"{where}.table: every key and value must be a number ({exc})") from None
+    for key in ("category_cheap", "category_ml", "category_dft"):
+        if not isinstance(spec["fireworks"][key], str):
+            raise SpecError(f"fireworks.{key}: expected a category name")
+    return spec
+
+
+def load_spec(path: str | Path | None = None, **overrides: Any) -> dict:
+    """Defaults, overlaid by the YAML file at ``path``, overlaid by ``overrides``; then validated."""
+    spec = default_spec()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {path}")
+        try:
+            with open(path) as fh:
+                user = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(user, dict):
+            raise SpecError(f"{path}: expected a mapping at the top level")
+        spec = _merge(spec, user)
+    if overrides:
+        spec = _merge(spec, {k: v for k, v in overrides.items() if v is not None})
+    return validate(spec)

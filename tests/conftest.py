@@ -1,0 +1,66 @@
+"""Shared fixtures: one real SecantusDB server over TCP for the session, a fresh database per test."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fw_screen import server
+from fw_screen.spec import load_spec
+
+DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def db_server(tmp_path_factory):
+    """The embedded server, started and stopped the way `fw-screen db start|stop` does it."""
+    home = tmp_path_factory.mktemp("fws-home")
+    info = server.start(home, port=free_port())
+    yield {**info, "home": home}
+    server.stop(home)
+
+
+@pytest.fixture
+def launchpad_file(db_server, tmp_path) -> Path:
+    """A LaunchPad file on a database of its own (name unique to the test)."""
+    path = tmp_path / "launchpad.yaml"
+    path.write_text(yaml.safe_dump({
+        "host": db_server["host"], "port": db_server["port"], "name": f"t_{uuid.uuid4().hex[:10]}",
+        "strm_lvl": "WARNING", "mongoclient_kwargs": {"retryWrites": False}}))
+    return path
+
+
+@pytest.fixture
+def launchpad(launchpad_file):
+    from fireworks import LaunchPad
+
+    from fw_screen.db import prepare_launchpad
+
+    lp = LaunchPad.from_file(str(launchpad_file))
+    prepare_launchpad(lp)
+    yield lp
+    lp.connection.drop_database(lp.name)
+
+
+@pytest.fixture
+def store(launchpad):
+    from fw_screen.db import ResultsStore
+
+    return ResultsStore.from_launchpad(launchpad)
+
+
+@pytest.fixture
+def spec():
+    return load_spec(campaign="test", batch_size=10, dedup_shards=2)
