@@ -177,6 +177,15 @@ class ResultsStore:
         pipeline = [{"$match": {"campaign": campaign}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
         return {d["_id"]: d["n"] for d in self.candidates.aggregate(pipeline)}
 
+    def status_counts_by(self, campaign: str, field: str) -> dict:
+        """{value of ``field``: {status: count}} in one aggregation (e.g. field="targets.band_gap.value")."""
+        pipeline = [{"$match": {"campaign": campaign}},
+                    {"$group": {"_id": {"k": f"${field}", "s": "$status"}, "n": {"$sum": 1}}}]
+        out: dict = {}
+        for d in self.candidates.aggregate(pipeline):
+            out.setdefault(d["_id"].get("k"), {})[d["_id"]["s"]] = d["n"]
+        return out
+
     def failure_counts(self, campaign: str) -> dict[str, int]:
         pipeline = [{"$match": {"campaign": campaign, "status": "invalid"}},
                     {"$group": {"_id": "$validity.first_failure", "n": {"$sum": 1}}}]

@@ -1,0 +1,1 @@
+"""Analysis scripts over the fw-screen database (importable, and runnable as scripts)."""
