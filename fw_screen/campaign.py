@@ -180,16 +180,21 @@ def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------- references
-def load_references(store: ResultsStore, source: str | Path, set_name: str | None = None) -> dict:
-    """Load reference structures from a file/folder (or ``mp:CHEMSYS`` through mp-api) into the store."""
+def read_references(source: str | Path, set_name: str | None = None) -> tuple[list[dict], int]:
+    """Reference documents from a file/folder, or from the Materials Project for ``mp:CHEMSYS``."""
     source = str(source)
     if source.startswith("mp:"):
-        docs, skipped = refs.from_mp_api(source[3:], set_name or "mp")
-    else:
-        docs, skipped = refs.load(source, set_name)
-    result = store.add_references(docs)
+        return refs.from_mp_api(source[3:], set_name or "mp")
+    return refs.load(source, set_name)
+
+
+def load_references(store: ResultsStore, source: str | Path, set_name: str | None = None,
+                    docs: tuple[list[dict], int] | None = None) -> dict:
+    """Load reference structures into the store (``docs``: already read by :func:`read_references`)."""
+    found, skipped = docs if docs is not None else read_references(source, set_name)
+    result = store.add_references(found)
     store.ensure_indexes()
-    return {**result, "skipped_without_structure": skipped, "source": source}
+    return {**result, "skipped_without_structure": skipped, "source": str(source)}
 
 
 # ------------------------------------------------------------------------------------------ reports

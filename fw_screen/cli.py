@@ -108,11 +108,12 @@ def cmd_workflow(args) -> int:
 
 
 def cmd_references(args) -> int:
-    from fw_screen.campaign import load_references
+    from fw_screen.campaign import load_references, read_references
 
+    read = [(source, read_references(source, args.set)) for source in args.sources]  # fail before connecting
     store = _store(resolve_launchpad(args.launchpad, args.home))
-    for source in args.sources:
-        result = load_references(store, source, args.set)
+    for source, docs in read:
+        result = load_references(store, source, args.set, docs=docs)
         print(f"{source}: {result['new']} new, {result['existing']} already loaded, "
               f"{result['skipped_without_structure']} skipped (no structure)")
     print(f"references in database: {store.reference_count()}")
@@ -282,8 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     from fw_screen.references import ReferenceSourceError
     from fw_screen.spec import SpecError
 
+    from pymongo.errors import ServerSelectionTimeoutError
+
     try:
         return args.func(args)
+    except ServerSelectionTimeoutError as exc:
+        print(f"fw-screen: error: cannot reach the database ({exc.args[0][:200]}); is it running? "
+              f"(`fw-screen db status`, `fw-screen db start`)", file=sys.stderr)
+        return 2
     except (CLIError, server.ServerError, SpecError, StoreError, IngestError, ReferenceSourceError) as exc:
         print(f"fw-screen: error: {exc}", file=sys.stderr)
         return 2

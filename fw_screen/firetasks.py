@@ -26,8 +26,15 @@ def resolve_db_file(value: str | None, fw_spec: dict) -> str:
     return os.path.expanduser(value)
 
 
+_STORES: dict[str, ResultsStore] = {}
+
+
 def _store(task: FiretaskBase, fw_spec: dict) -> ResultsStore:
-    return ResultsStore.from_file(resolve_db_file(task.get("db_file"), fw_spec))
+    """One client per database file per process: ``rlaunch rapidfire`` runs many rockets in one process."""
+    path = resolve_db_file(task.get("db_file"), fw_spec)
+    if path not in _STORES:
+        _STORES[path] = ResultsStore.from_file(path)
+    return _STORES[path]
 
 
 @explicit_serialize

@@ -1,0 +1,82 @@
+"""Reference loaders: pymatgen JSON of MP entries, entries without structures, CIF folders, tables, mp-api."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from monty.json import MontyDecoder
+from pymatgen.io.cif import CifWriter
+
+from fw_screen import references as refs
+from fw_screen.campaign import load_references
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def mp_entries():
+    with gzip.open(EXAMPLES / "mp_Li-Co-Ni-O.json.gz", "rt") as fh:
+        return json.load(fh)
+
+
+def test_mp_json_loads_every_entry_with_its_hull_distance(mp_entries):
+    docs, skipped = refs.load(EXAMPLES / "mp_Li-Co-Ni-O.json.gz")
+    assert skipped == 0 and len(docs) == len(mp_entries) == 775
+    by_id = {d["ref_id"]: d for d in docs}
+    raw = mp_entries[10]
+    entry = MontyDecoder().process_decoded(raw)
+    doc = by_id[entry.entry_id]
+    assert doc["reduced_formula"] == entry.structure.composition.reduced_formula
+    assert doc["properties"]["e_above_hull"] == raw["e_above_hull"]
+    assert doc["_id"] == f"mp_Li-Co-Ni-O:{entry.entry_id}"
+
+
+def test_entries_without_structure_are_counted_not_loaded():
+    docs, skipped = refs.load(EXAMPLES / "mp-elemental-reference-entries-2023-02-07.json.gz")
+    assert docs == [] and skipped == 89
+
+
+def test_cif_folder_and_table_sources(mp_entries, tmp_path):
+    structures = [MontyDecoder().process_decoded(e).structure for e in mp_entries[:5]]
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for i, s in enumerate(structures):
+        (folder / f"ref{i}.cif").write_text(str(CifWriter(s)))
+    (folder / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
+    docs, skipped = refs.load(folder, "mine")
+    assert len(docs) == 5 and skipped == 1
+    assert sorted(d["reduced_formula"] for d in docs) == sorted(s.composition.reduced_formula for s in structures)
+    table = tmp_path / "refs.csv"
+    pd.DataFrame({"material_id": [f"x-{i}" for i in range(5)],
+                  "cif": [str(CifWriter(s)) for s in structures]}).to_csv(table, index=False)
+    docs, skipped = refs.load(table)
+    assert [d["ref_id"] for d in docs] == [f"x-{i}" for i in range(5)] and skipped == 0
+
+
+def test_load_into_store_is_idempotent_and_indexed(store):
+    first = load_references(store, EXAMPLES / "mp_Na-Fe-P-O.json.gz")
+    again = load_references(store, EXAMPLES / "mp_Na-Fe-P-O.json.gz")
+    assert first["new"] == 557 and again["new"] == 0 and again["existing"] == 557
+    assert store.reference_count() == 557
+    plan = store.references.find({"reduced_formula": "NaFePO4"}).explain()
+    assert "reduced_formula" in json.dumps(plan, default=str)
+
+
+def test_mp_api_without_key_says_so(monkeypatch, tmp_path):
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    with pytest.raises(refs.ReferenceSourceError, match="MP_API_KEY is not set"):
+        refs.from_mp_api("Li-O")
+    exe = Path(sys.executable).parent / "fw-screen"
+    lp = tmp_path / "lp.yaml"
+    lp.write_text("host: 127.0.0.1\nport: 1\nname: x\n")
+    env = {k: v for k, v in os.environ.items() if k != "MP_API_KEY"}
+    out = subprocess.run([str(exe), "references", "mp:Li-O", "-l", str(lp)], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 2 and "MP_API_KEY is not set" in out.stderr
