@@ -79,16 +79,23 @@ def _blocks_of(raw: RawInput) -> list[RawInput]:
 
 
 def _read_cif_file(path: Path, label: str, max_bytes: int) -> list[RawInput]:
+    size = path.stat().st_size
+    if size > max_bytes:  # as for tar members: keep the head, never load the whole file
+        with open(path, "rb") as fh:
+            head = fh.read(KEPT_PREFIX)
+        return [RawInput(head.decode("utf-8", errors="replace"), {"file": label}, nbytes=size,
+                         error=f"input too large: {size} bytes > max_cif_bytes={max_bytes}")]
     return _blocks_of(_decode(path.read_bytes(), {"file": label}, max_bytes))
 
 
 def _read_tar(path: Path, max_bytes: int) -> Iterator[RawInput]:
     # Members are read in memory, never extracted: no member name can write outside any folder.
     with tarfile.open(path, "r:*") as tar:
-        for member in tar:
+        for entry, member in enumerate(tar):
             if not member.isfile() or not member.name.lower().endswith(CIF_SUFFIXES):
                 continue
-            source = {"file": path.name, "member": member.name}
+            # the entry number keeps two members of the same name (tar allows it) two inputs
+            source = {"file": path.name, "member": member.name, "entry": entry}
             if member.size > max_bytes:
                 head = tar.extractfile(member).read(KEPT_PREFIX)
                 yield RawInput(head.decode("utf-8", errors="replace"), source, nbytes=member.size,
@@ -122,7 +129,7 @@ def _read_table(path: Path, ingest: dict) -> Iterator[RawInput]:
     max_bytes = ingest["max_cif_bytes"]
     for row, rec in enumerate(df.to_dict("records")):
         source = {"file": path.name, "row": row}
-        if id_col is not None and rec[id_col] is not None:
+        if id_col is not None and not _missing(rec[id_col]):
             source["material_id"] = str(rec[id_col])
         if prompt_col is not None and isinstance(rec[prompt_col], str):
             source["prompt"] = rec[prompt_col]
@@ -136,8 +143,13 @@ def _read_table(path: Path, ingest: dict) -> Iterator[RawInput]:
         yield raw
 
 
+def _missing(value) -> bool:
+    """An empty table cell: None, or the NaN pandas puts in empty CSV cells."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _condition_text(value) -> str | None:
-    if value is None:
+    if _missing(value):
         return None
     if isinstance(value, str):
         return value
@@ -272,7 +284,7 @@ def decode_conditions(condition: str | None, conditions: list[dict]) -> tuple[di
 def source_key(source: dict) -> str:
     """Stable identity of an input's position: file plus row / member / block."""
     parts = [str(source.get("file", ""))]
-    for key in ("member", "row", "block"):
+    for key in ("member", "entry", "row", "block"):
         if key in source:
             parts.append(f"{key}={source[key]}")
     return "#".join(parts)

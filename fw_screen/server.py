@@ -97,7 +97,7 @@ def ping(host: str, port: int, timeout_ms: int = 1000) -> bool:
 
 
 def write_launchpad_files(state: Path, host: str, port: int, name: str = DEFAULT_DB_NAME) -> Path:
-    lp = {"host": host, "port": port, "name": name, "logdir": None, "strm_lvl": "INFO",
+    lp = {"host": host, "port": port, "name": name, "logdir": None, "strm_lvl": "WARNING",
           "mongoclient_kwargs": {"retryWrites": False, "serverSelectionTimeoutMS": 30000}}
     path = state / "launchpad.yaml"
     _write_private(path, yaml.safe_dump(lp, sort_keys=False))

@@ -70,8 +70,8 @@ def _number(spec: dict, dotted: str, low: float | None = None, high: float | Non
 
 
 def _string_list(value: Any, dotted: str) -> None:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise SpecError(f"{dotted}: expected a list of names, got {value!r}")
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(f"{dotted}: expected a non-empty list of names, got {value!r}")
 
 
 def validate(spec: dict) -> dict:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pymatgen.core import Composition, Structure
+from pymatgen.core.periodic_table import DummySpecies
 from pymatgen.io.cif import CifParser
 
 from fw_screen.spec import CHECK_NAMES
@@ -67,6 +68,38 @@ def _block(cif: str) -> dict:
     return next(iter(data.values()))
 
 
+def _unknown_symbols(comp: Composition) -> list[str]:
+    """Symbols in a composition that are not chemical elements (pymatgen reads ``Xx`` as a dummy species)."""
+    return sorted({sp.symbol for sp in comp if isinstance(sp, DummySpecies)})
+
+
+_CIF_TOKEN = re.compile(r"^;[\s\S]*?^;|'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*|\S+", re.MULTILINE)
+
+
+def loop_problem(cif: str) -> str | None:
+    """A loop whose values do not fill its columns (a truncated or malformed CIF), described; else None."""
+    tokens = [t for t in _CIF_TOKEN.findall(cif) if not t.startswith("#")]
+    i = 0
+    while i < len(tokens):
+        if tokens[i].lower() != "loop_":
+            i += 1
+            continue
+        i += 1
+        columns = []
+        while i < len(tokens) and tokens[i].startswith("_"):
+            columns.append(tokens[i])
+            i += 1
+        values = 0
+        while i < len(tokens) and not tokens[i].startswith("_") and tokens[i].lower() != "loop_" \
+                and not tokens[i].lower().startswith("data_"):
+            values += 1
+            i += 1
+        if columns and (values == 0 or values % len(columns)):
+            return (f"loop of {len(columns)} columns ({columns[0]} ...) holds {values} values, not a multiple "
+                    f"of {len(columns)}: truncated or malformed CIF")
+    return None
+
+
 def _number(text) -> float:
     """A CIF number, without its standard uncertainty: ``5.4307(2)`` -> 5.4307."""
     return float(re.sub(r"\(\d+\)$", "", str(text).strip()))
@@ -99,8 +132,12 @@ def check_formula_consistent(cif: str, block: dict) -> tuple[bool, str | None, d
         return False, f"data_ name {name!r} is not a formula", {}
     if "_chemical_formula_sum" not in block or "_chemical_formula_structural" not in block:
         return False, "missing _chemical_formula_sum or _chemical_formula_structural", {}
-    f_sum = Composition(block["_chemical_formula_sum"]).reduced_formula
-    f_struct = Composition(block["_chemical_formula_structural"]).reduced_formula
+    comps = [Composition(name), Composition(block["_chemical_formula_sum"]),
+             Composition(block["_chemical_formula_structural"])]
+    unknown = sorted({s for c in comps for s in _unknown_symbols(c)})
+    if unknown:
+        return False, f"unknown element symbol(s) {', '.join(unknown)} in the formulas", {}
+    f_sum, f_struct = comps[1].reduced_formula, comps[2].reduced_formula
     value = {"data": f_data, "sum": f_sum, "structural": f_struct}
     if f_data == f_sum == f_struct:
         return True, None, value
@@ -258,17 +295,27 @@ def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> Val
             warnings.simplefilter("ignore")
             block = _block(cif)
     except Exception as exc:
-        result.record("parse", False, f"CIF parser: {type(exc).__name__}: {exc}")
+        result.record("parse", False, loop_problem(cif) or f"CIF parser: {type(exc).__name__}: {exc}")
         return _conclude(result, required)
 
     _run(result, "sensible", check_sensible, block, cfg)
     _run(result, "formula_consistent", check_formula_consistent, cif, block)
     _run(result, "multiplicity_consistent", check_multiplicity, block)
 
+    labels = block.get("_atom_site_label")
+    if isinstance(labels, list) and len(set(labels)) != len(labels):
+        # _atom_site_label is the key of the CIF atom-site category: a repeated one is a malformed CIF
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        result.record("parse", False, f"duplicate atom site label(s) {', '.join(repeated)} in _atom_site_label")
+        return _conclude(result, required)
+
     try:
         structure = parse_structure(cif)
         if len(structure) == 0:
             raise ValueError("zero atoms")
+        unknown = _unknown_symbols(structure.composition)
+        if unknown:
+            raise ValueError(f"unknown element symbol(s) {', '.join(unknown)}")
         if not np.all(np.isfinite(structure.frac_coords)) or not np.all(np.isfinite(structure.lattice.matrix)):
             raise ValueError("non-finite coordinates or cell")
     except Exception as exc:
@@ -294,7 +341,7 @@ def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> Val
                   None if volume > cfg["min_volume"] else f"cell volume {volume:.3g} A^3 <= {cfg['min_volume']}",
                   volume)
     result.record("ordered", structure.is_ordered,
-                  None if structure.is_ordered else "partial occupancies (disordered structure)")
+                  None if structure.is_ordered else "partial occupancies (a disordered structure, or atoms generated onto the same position)")
     smact_ok, smact_reason = check_smact(comp)
     result.record("smact", smact_ok, smact_reason)
 
