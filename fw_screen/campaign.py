@@ -69,9 +69,8 @@ def validity_fields(doc: dict, spec: dict) -> dict:
     try:
         result = check_cif(doc.get("cif_processed"), spec["validity"])
         fields = {"validity": result.as_dict(), **result.info}
-        if result.structure is not None:
+        if result.valid:  # invalid ones keep cif_processed; their structure is not worth the storage
             fields["structure"] = result.structure.as_dict()
-        if result.valid:
             reduced = uq.reduce_structure(result.structure)
             fields["structure_reduced"] = reduced.as_dict()
             fields["match_key"] = uq.match_key(reduced)
@@ -85,6 +84,8 @@ def validity_fields(doc: dict, spec: dict) -> dict:
 
 def run_validity(store: ResultsStore, campaign: str, batch: str, flush_every: int = 50) -> dict:
     """Validity for every still-ingested candidate of one batch."""
+    if not isinstance(batch, str) or store.batch_size_of(campaign, batch) == 0:
+        raise ValueError(f"campaign {campaign!r} has no batch {batch!r}")  # fizzle loudly, never pass silently
     spec = store.campaign_spec(campaign)
     counts = {"valid": 0, "invalid": 0, "skipped": 0}
     updates: list[tuple] = []

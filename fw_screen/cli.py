@@ -172,8 +172,8 @@ def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, slee
     for i in range(workers):
         d = workdir / f"worker{i}"
         d.mkdir(exist_ok=True)
-        log = open(d / "rlaunch.log", "ab")
-        procs.append(subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env))
+        with open(d / "rlaunch.log", "ab") as log:  # the child keeps its own copy of the handle
+            procs.append(subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env))
     return [p.wait() for p in procs]
 
 

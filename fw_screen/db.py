@@ -169,6 +169,9 @@ class ResultsStore:
             moved += self.candidates.bulk_write(chunk, ordered=False).modified_count
         return moved
 
+    def batch_size_of(self, campaign: str, batch: str) -> int:
+        return self.candidates.count_documents({"campaign": campaign, "batch": batch})
+
     def pending_batches(self, campaign: str) -> set[str]:
         """Batches that still hold candidates waiting for validity."""
         return set(self.candidates.distinct("batch", {"campaign": campaign, "status": st.INGESTED}))
@@ -246,7 +249,9 @@ class ResultsStore:
 
 
 def new_submission_id() -> str:
-    return utcnow().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    """``s20261125-061426-1a2b3c``: starts with a letter and holds no 'T', because FireWorks turns any
+    spec string that ``datetime.fromisoformat`` accepts into a datetime (``reconstitute_dates``)."""
+    return "s" + utcnow().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:

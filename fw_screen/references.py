@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 from pymatgen.core import Structure
 
@@ -99,14 +100,19 @@ def from_cif_folder(path: Path, set_name: str) -> tuple[list[dict], int]:
 def from_table(path: Path, set_name: str, ingest: dict) -> tuple[list[dict], int]:
     from fw_screen.ingest import read_inputs, source_key
 
+    raws = list(read_inputs(path, ingest))
+    counts = Counter(raw.source.get("material_id") for raw in raws)
     docs, skipped = [], 0
-    for raw in read_inputs(path, ingest):
+    for raw in raws:
         try:
             structure = _parse_cif(raw.text)
         except Exception:
             skipped += 1
             continue
-        ref_id = raw.source.get("material_id") or source_key(raw.source)
+        mid = raw.source.get("material_id")
+        # an id repeated in the table (CrystaLLM-pi reuses them across conditions) is made unique by row
+        ref_id = mid if mid and counts[mid] == 1 else (f"{mid}@{source_key(raw.source)}" if mid else
+                                                        source_key(raw.source))
         docs.append(reference_document(structure, str(ref_id), set_name))
     return docs, skipped
 

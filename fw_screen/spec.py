@@ -77,8 +77,10 @@ def _string_list(value: Any, dotted: str) -> None:
 def validate(spec: dict) -> dict:
     """Check types and ranges of every field; return the spec (condition tables as {"0.05": 0.072})."""
     name = spec.get("campaign")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
-        raise SpecError(f"campaign: expected a name of letters, digits, '_', '-', '.', got {name!r}")
+    # a leading letter keeps FireWorks from reading a name such as 20260101T1200 as a date
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}", name):
+        raise SpecError(f"campaign: expected a name starting with a letter, then letters, digits, '_', '-', "
+                        f"'.', got {name!r}")
     _number(spec, "batch_size", 1, 100_000, integer=True)
     _number(spec, "dedup_shards", 1, 1024, integer=True)
     for key in ("cif_columns", "condition_columns", "id_columns", "prompt_columns"):

@@ -140,7 +140,8 @@ def test_bad_inputs_are_recorded_with_their_reasons(store, spec, tmp_path):
     assert docs["garbage.cif"]["cif_processed"] is None
     for name in ("partial_occupancy.cif", "partial_occupancy_whole_sites.cif"):
         assert docs[name]["validity"]["checks"]["ordered"]["passed"] is False
-        assert docs[name]["structure"]["sites"]          # parsed and kept, only flagged as disordered
+        assert docs[name]["validity"]["checks"]["parse"]["passed"] is True  # parsed, only flagged as disordered
+        assert docs[name]["nsites"] > 0 and "structure" not in docs[name]   # structures are kept for valid ones
     assert docs["partial_occupancy_whole_sites.cif"]["validity"]["first_failure"] == "bond_length"
     assert docs["absurd_cell.cif"]["validity"]["first_failure"] == "sensible"
     assert docs["unknown_element.cif"]["validity"]["checks"]["parse"]["passed"] is False

@@ -134,3 +134,26 @@ def test_campaign_spec_is_fixed_once_registered(generations, store, spec):
     changed = {**spec, "validity": {**spec["validity"], "symprec": 0.01}}
     with pytest.raises(StoreError, match="validity"):
         run_ingest(store, generations, changed)
+
+
+def test_batch_ids_survive_fireworks_serialisation(launchpad, store, generations, spec):
+    """FireWorks turns spec strings that look like ISO dates into datetimes; batch ids must not look like one."""
+    from fireworks import Firework
+
+    from fw_screen.db import new_submission_id
+
+    for _ in range(2000):
+        sid = f"{new_submission_id()}.00000"
+        fw = Firework([], spec={"batch": sid})
+        assert Firework.from_dict(fw.to_dict()).spec["batch"] == sid
+    summary, wf = submit(launchpad, store, generations, spec)
+    stored = launchpad.fireworks.distinct("spec.batch", {"spec.stage": "validity"})
+    assert sorted(stored) == sorted(summary["workflow_batches"]) and all(isinstance(b, str) for b in stored)
+
+
+def test_validity_task_on_a_missing_batch_fails_loudly(store, spec, generations):
+    from fw_screen.campaign import run_validity
+
+    run_ingest(store, generations, spec)
+    with pytest.raises(ValueError, match="has no batch"):
+        run_validity(store, "test", "s20000101-000000-000000.00000")

@@ -58,6 +58,11 @@ def test_cif_folder_and_table_sources(mp_entries, tmp_path):
                   "cif": [str(CifWriter(s)) for s in structures]}).to_csv(table, index=False)
     docs, skipped = refs.load(table)
     assert [d["ref_id"] for d in docs] == [f"x-{i}" for i in range(5)] and skipped == 0
+    # an id repeated across rows (CrystaLLM-pi reuses Material IDs across conditions) keeps every row
+    pd.DataFrame({"material_id": ["g-1", "g-1", "g-2"],
+                  "cif": [str(CifWriter(s)) for s in structures[:3]]}).to_csv(table, index=False)
+    docs, _ = refs.load(table)
+    assert len({d["_id"] for d in docs}) == 3 and docs[2]["ref_id"] == "g-2"
 
 
 def test_load_into_store_is_idempotent_and_indexed(store):
