@@ -33,7 +33,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -48,6 +47,9 @@ import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _common import code_version, free_port  # noqa: E402
 
 from fw_screen import server  # noqa: E402
 from fw_screen.campaign import funnel_report, load_references  # noqa: E402
@@ -60,26 +62,6 @@ EXAMPLES = REPO / "examples"
 DEFAULT_INPUT = EXAMPLES / "crystallm_pi_generated_8k.parquet"
 RESULTS = Path(__file__).resolve().parent / "results"
 MB = 1024 * 1024
-
-
-def code_version() -> dict:
-    """The commit and the uncommitted changes of fw_screen/ the figures were measured with."""
-    import subprocess
-
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "modified_product_files": (git("status", "--short", "--", "fw_screen") or "").splitlines()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vm_hwm(pid: int) -> int | None:

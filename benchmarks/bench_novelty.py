@@ -43,7 +43,6 @@ import platform
 import random
 import resource
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -59,6 +58,9 @@ from pymatgen.core import Structure  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _common import code_version, free_port  # noqa: E402
 
 from fw_screen import campaign, server  # noqa: E402
 from fw_screen import references as refs  # noqa: E402
@@ -71,26 +73,6 @@ GENERATED = REPO / "examples" / "crystallm_pi_generated_8k.parquet"
 MP_DIR = REPO.parent / "shared" / "data" / "reference" / "mp"
 RESULTS = Path(__file__).resolve().parent / "results"
 SUBSTITUTIONS = [("Li", "Na"), ("Co", "Fe"), ("Ni", "Mn"), ("O", "S"), ("Na", "K"), ("Fe", "Mn"), ("P", "As")]
-
-
-def code_version() -> dict:
-    """The commit and the uncommitted changes of fw_screen/ the figures were measured with."""
-    import subprocess
-
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "modified_product_files": (git("status", "--short", "--", "fw_screen") or "").splitlines()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------- generated structures

@@ -36,6 +36,7 @@ from fw_screen.spec import CHECK_NAMES
 #: the text-level checks come first because they still run when the structure cannot be built
 CHECK_ORDER = ("sensible", "formula_consistent", "multiplicity_consistent", "parse", "bond_length",
                "space_group", "ordered", "smact", "min_distance", "volume")
+assert set(CHECK_ORDER) == {"parse", *CHECK_NAMES}, "every spec check name has a place in the report order"
 
 
 @dataclass
