@@ -116,6 +116,20 @@ def validate(spec: dict) -> dict:
             cond["table"] = {str(float(k)): float(v) for k, v in table.items()}
         except (TypeError, ValueError) as exc:
             raise SpecError(f"{where}.table: every key and value must be a number ({exc})") from None
+    ml = spec["ml"]
+    if not isinstance(ml["potential"], str):
+        raise SpecError(f"ml.potential: expected a potential name, got {ml['potential']!r}")
+    if ml["model_dir"] is not None and not isinstance(ml["model_dir"], str):
+        raise SpecError(f"ml.model_dir: expected a folder path or null, got {ml['model_dir']!r}")
+    for key in ("fmax", "stability_threshold"):
+        _number(spec, f"ml.{key}", 0)
+    for key in ("max_steps", "max_sites", "batch_size"):
+        _number(spec, f"ml.{key}", 1, integer=True)
+    _number(spec, "ml.time_limit_s", 1)
+    if not isinstance(spec["property"]["band_gap_model"], str):
+        raise SpecError("property.band_gap_model: expected a model name or a folder path")
+    _number(spec, "property.band_gap_fidelity", 0, integer=True)
+    _number(spec, "property.band_gap_tolerance", 0)
     for key in ("category_cheap", "category_ml", "category_dft"):
         if not isinstance(spec["fireworks"][key], str):
             raise SpecError(f"fireworks.{key}: expected a category name")
