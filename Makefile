@@ -12,7 +12,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# torch first, pinned to the CPU wheel these machines carry: a bare `torch` requirement (pulled in by
+# chgnet/sevenn/matgl) would otherwise fetch a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

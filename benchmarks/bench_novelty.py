@@ -221,7 +221,8 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     mp_docs, mp_counts = [], {}
     for f in sorted(args.mp_dir.glob("*.json.gz")):
-        docs, skipped = refs.load(f, "mp")
+        found = refs.load(f, "mp")
+        docs, skipped = found["structures"], found["skipped"]
         mp_docs += docs
         mp_counts[f.name] = {"structures": len(docs), "skipped_without_structure": skipped}
     unique_mp = {d["_id"]: d for d in mp_docs}  # entries of shared subsystems (O2, ...) appear in both files

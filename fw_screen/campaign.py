@@ -153,7 +153,7 @@ def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
         ref_formulas = {key.split("|")[0] for key in ref_items}
         reps_by_key: dict[str, list[uq.Item]] = defaultdict(list)
         for rep in store.candidates_for({"campaign": campaign, "match_key": {"$in": list(groups)},
-                                         "status": {"$in": [st.KNOWN, st.NOVEL]}},
+                                         "status": {"$in": [st.KNOWN, *st.NOVEL_OR_LATER]}},
                                         {"match_key": 1, "structure_reduced": 1}):
             reps_by_key[rep["match_key"]].append(uq.Item(rep["_id"], Structure.from_dict(rep["structure_reduced"])))
         updates = []
@@ -174,15 +174,132 @@ def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
         for _, _, new, _ in updates:
             counts[new] += 1
         counts["moved"] = store.transition(updates, "uniqueness")
+        novel = [cid for cid, _, new, _ in updates if new == st.NOVEL]
+        counts["ml_batches"] = plan_ml_batches(store, campaign, novel, spec)
     finally:
         store.release_lock(lock, owner)
     counts["seconds"] = round(time.perf_counter() - t0, 3)
     return counts
 
 
+# ----------------------------------------------------------------------------------- ML stability
+_HULLS: dict[str, tuple] = {}  # chemsys -> (PhaseDiagram, entries signature); one build per process
+
+
+def _phase_diagram(store: ResultsStore, elements: list[str]):
+    """(PhaseDiagram or None, missing elements) for a chemical system, built once per process."""
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    from fw_screen import stability
+
+    chemsys = "-".join(sorted(elements))
+    if chemsys not in _HULLS:
+        docs = store.entries_in_chemsys(elements)
+        entries = [ComputedEntry.from_dict(d["entry"]) for d in docs]
+        missing = stability.missing_references(elements, entries)
+        if not missing and not store.covering_systems(elements):
+            # elemental references alone would give a hull without the compounds that decide it
+            missing = [f"a complete reference system containing {chemsys} (loaded: "
+                       f"{', '.join(store.system_names()) or 'none'})"]
+        _HULLS[chemsys] = (None if missing else stability.phase_diagram(entries), missing)
+    return _HULLS[chemsys]
+
+
+def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, dict]:
+    """(new status, stored fields) of the ML stage for one novel candidate (never raises)."""
+    from fw_screen import potentials, property as prop, stability
+
+    ml, pcfg = spec["ml"], spec["property"]
+    structure = Structure.from_dict(doc["structure_reduced"])
+    elements = sorted({el.symbol for el in structure.composition.elements})
+    out: dict = {"potential": ml["potential"]}
+    pd, missing = _phase_diagram(store, elements)
+    band_gap = None
+    if missing:
+        out["reason"] = f"no reference for {', '.join(missing)} (chemical system {'-'.join(elements)})"
+        out["missing_references"] = missing
+        try:  # the band gap needs no reference: predicted on the unrelaxed cell, said so
+            band_gap = prop.predict_band_gap(structure, prop.load_band_gap_model(pcfg["band_gap_model"],
+                                                                                 pcfg["band_gap_fidelity"]))
+            out["band_gap"] = {**band_gap, "structure": "unrelaxed"}
+        except Exception as exc:
+            out["band_gap_error"] = f"{type(exc).__name__}: {exc}"
+        out["hits"] = prop.target_hits(band_gap["band_gap"] if band_gap else None, None, doc.get("targets") or {},
+                                       pcfg["band_gap_tolerance"], ml["stability_threshold"])
+        return st.NO_REFERENCE, {"ml": out}
+    if len(structure) > ml["max_sites"]:
+        out["reason"] = f"{len(structure)} sites > ml.max_sites={ml['max_sites']}"
+        return st.ML_FAILED, {"ml": out}
+    unsupported = potentials.unsupported_elements(ml["potential"], elements)
+    if unsupported:
+        out["reason"] = f"{ml['potential']} does not cover {', '.join(unsupported)}"
+        return st.ML_FAILED, {"ml": out}
+    calc = potentials.get_calculator(ml["potential"], ml["model_dir"])
+    relax = stability.relax(structure, calc, fmax=ml["fmax"], max_steps=ml["max_steps"],
+                            time_limit_s=ml["time_limit_s"])
+    relaxed = relax.pop("structure", None)
+    out["relax"] = relax
+    if relax["status"] not in ("converged", "not_converged") or relaxed is None:
+        out["reason"] = f"relaxation {relax['status']}: {relax.get('reason')}"
+        return st.ML_FAILED, {"ml": out}
+    out["structure_relaxed"] = relaxed.as_dict()
+    try:
+        entry = stability.ml_entry(relaxed, relax["energy"], ml["potential"], entry_id=doc["_id"])
+        entry_unrelaxed = stability.ml_entry(structure, relax["energy_unrelaxed"], ml["potential"],
+                                             entry_id=doc["_id"])
+    except stability.CorrectionError as exc:
+        out["reason"] = f"energy correction failed: {exc}"
+        return st.ML_FAILED, {"ml": out}
+    hull = stability.hull_distance(entry, pd)
+    out["hull"] = hull
+    out["e_above_hull"] = hull["e_above_hull"]
+    out["e_above_hull_unrelaxed"] = stability.hull_distance(entry_unrelaxed, pd)["e_above_hull"]
+    out["stable"] = hull["e_above_hull"] <= ml["stability_threshold"]
+    band_gap = prop.predict_band_gap(relaxed, prop.load_band_gap_model(pcfg["band_gap_model"],
+                                                                       pcfg["band_gap_fidelity"]))
+    out["band_gap"] = {**band_gap, "structure": "relaxed"}
+    out["hits"] = prop.target_hits(band_gap["band_gap"], hull["e_above_hull"], doc.get("targets") or {},
+                                   pcfg["band_gap_tolerance"], ml["stability_threshold"])
+    return st.ML_DONE, {"ml": out}
+
+
+def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: dict) -> list[str]:
+    """Put novel candidates into ML batches (ids that FireWorks cannot mistake for dates)."""
+    import uuid
+
+    return store.assign_ml_batches(campaign, ids, spec["ml"]["batch_size"], prefix=f"m{uuid.uuid4().hex[:10]}")
+
+
+def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:
+    """Relax, hull distance, band gap and target hits for the novel candidates of one ML batch."""
+    if not isinstance(ml_batch, str) or store.candidates.count_documents(
+            {"campaign": campaign, "ml_batch": ml_batch}) == 0:
+        raise ValueError(f"campaign {campaign!r} has no ML batch {ml_batch!r}")
+    spec = store.campaign_spec(campaign)
+    counts = {st.ML_DONE: 0, st.NO_REFERENCE: 0, st.ML_FAILED: 0}
+    t0 = time.perf_counter()
+    docs = list(store.candidates_for({"campaign": campaign, "ml_batch": ml_batch, "status": st.NOVEL},
+                                     {"structure_reduced": 1, "targets": 1}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for doc in docs:
+            try:
+                new, fields = stability_fields(doc, spec, store)
+            except Exception as exc:  # one bad candidate never takes the batch down
+                log.exception("ML stage failed on %s", doc["_id"])
+                new, fields = st.ML_FAILED, {"ml": {"reason": f"{type(exc).__name__}: {exc}",
+                                                    "potential": spec["ml"]["potential"]}}
+            counts[new] += 1
+            store.transition([(doc["_id"], st.NOVEL, new, fields)], "ml")  # one by one: results land as they come
+    counts["seconds"] = round(time.perf_counter() - t0, 3)
+    counts["hulls_built_in_process"] = len(_HULLS)
+    return counts
+
+
 # --------------------------------------------------------------------------------------- references
-def read_references(source: str | Path, set_name: str | None = None) -> tuple[list[dict], int]:
-    """Reference documents from a file/folder, or from the Materials Project for ``mp:CHEMSYS``."""
+def read_references(source: str | Path, set_name: str | None = None) -> dict:
+    """Reference structures (novelty) and energy entries (hulls) from a file/folder, or from the Materials
+    Project for ``mp:CHEMSYS``: {"structures": [...], "entries": [...], "skipped": n}."""
     source = str(source)
     if source.startswith("mp:"):
         return refs.from_mp_api(source[3:], set_name or "mp")
@@ -190,15 +307,34 @@ def read_references(source: str | Path, set_name: str | None = None) -> tuple[li
 
 
 def load_references(store: ResultsStore, source: str | Path, set_name: str | None = None,
-                    docs: tuple[list[dict], int] | None = None) -> dict:
-    """Load reference structures into the store (``docs``: already read by :func:`read_references`)."""
-    found, skipped = docs if docs is not None else read_references(source, set_name)
-    result = store.add_references(found)
+                    found: dict | None = None) -> dict:
+    """Load reference structures and entries into the store (``found``: already read by read_references)."""
+    found = found if found is not None else read_references(source, set_name)
+    result = store.add_references(found["structures"])
+    entries = store.add_entries(found["entries"])
+    store.add_systems(found.get("systems", []), str(source))
     store.ensure_indexes()
-    return {**result, "skipped_without_structure": skipped, "source": str(source)}
+    return {**result, "entries_new": entries["new"], "entries_existing": entries["existing"],
+            "skipped_without_structure": found["skipped"], "source": str(source)}
 
 
 # ------------------------------------------------------------------------------------------ reports
+def yields(row: dict) -> dict:
+    """Rates from one row of :meth:`ResultsStore.yield_counts`, as CrystaLLM-pi and MatterGen define them.
+
+    V, VU, VUN, VSUN are fractions of all inputs (S: ML e_above_hull <= ml.stability_threshold); target
+    hits are fractions of the candidates with a band-gap prediction (the novel ones) and of VSUN.
+    """
+    n = row["inputs"]
+
+    def frac(a, b):
+        return a / b if b else None
+
+    return {"V": frac(row["valid"], n), "VU": frac(row["unique"], n), "VUN": frac(row["novel"], n),
+            "VSUN": frac(row["stable"], n), "hit_among_predicted": frac(row["band_gap_hit"], row["band_gap_predicted"]),
+            "hit_among_VSUN": frac(row["stable_and_hit"], row["stable"])}
+
+
 def funnel_report(store: ResultsStore, campaign: str) -> dict:
     counts = store.status_counts(campaign)
     report = {"campaign": campaign, "status": counts, "funnel": st.funnel(counts),
@@ -211,4 +347,7 @@ def funnel_report(store: ResultsStore, campaign: str) -> dict:
                                    if f["valid"] - f["pending_uniqueness"] else None),
         "novelty_among_unique": f["novel"] / f["unique"] if f["unique"] else None,
     }
+    report["by_condition"] = [{**row, **yields(row)} for row in store.yield_counts(campaign)]
+    total = store.yield_counts(campaign, by=None)
+    report["yields"] = {**total[0], **yields(total[0])} if total else {}
     return report

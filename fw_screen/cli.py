@@ -112,11 +112,12 @@ def cmd_references(args) -> int:
 
     read = [(source, read_references(source, args.set)) for source in args.sources]  # fail before connecting
     store = _store(resolve_launchpad(args.launchpad, args.home))
-    for source, docs in read:
-        result = load_references(store, source, args.set, docs=docs)
-        print(f"{source}: {result['new']} new, {result['existing']} already loaded, "
-              f"{result['skipped_without_structure']} skipped (no structure)")
-    print(f"references in database: {store.reference_count()}")
+    for source, found in read:
+        r = load_references(store, source, args.set, found=found)
+        print(f"{source}: structures {r['new']} new, {r['existing']} already loaded "
+              f"({r['skipped_without_structure']} entries without structure); hull entries {r['entries_new']} new, "
+              f"{r['entries_existing']} already loaded")
+    print(f"in database: {store.reference_count()} reference structures, {store.entry_count()} hull entries")
     return 0
 
 
@@ -136,6 +137,17 @@ def format_report(report: dict) -> str:
              f"  unique (VU)       {f['unique']:>7}   unique among valid {pct(r['uniqueness_among_valid'])}",
              f"  known             {f['known']:>7}",
              f"  novel (VUN)       {f['novel']:>7}   novel among unique {pct(r['novelty_among_unique'])}"]
+    if f["novel"]:
+        y = report["yields"]
+        lines += [f"  ML: pending {f['pending_ml']}, done {f['ml_done']}, no reference {f['no_reference']}, "
+                  f"failed {f['ml_failed']}; stable (e_hull <= threshold) {y['stable']}",
+                  f"  yields: V {pct(y['V'])}, VU {pct(y['VU'])}, VUN {pct(y['VUN'])}, VSUN {pct(y['VSUN'])}; "
+                  f"band-gap target hit {pct(y['hit_among_predicted'])} of {y['band_gap_predicted']} predicted, "
+                  f"{pct(y['hit_among_VSUN'])} of VSUN"]
+        lines.append(f"  {'target band gap (eV)':>22} {'inputs':>7} {'V':>6} {'VUN':>6} {'VSUN':>6} {'hit':>6} {'hit|VSUN':>8}")
+        for r in report["by_condition"]:
+            lines.append(f"  {r['condition']!s:>22} {r['inputs']:>7} {pct(r['V']):>6} {pct(r['VUN']):>6} "
+                         f"{pct(r['VSUN']):>6} {pct(r['hit_among_predicted']):>6} {pct(r['hit_among_VSUN']):>8}")
     if report["first_failure"]:
         lines.append("  invalid by first failing check: " + ", ".join(
             f"{k} {v}" for k, v in sorted(report["first_failure"].items(), key=lambda kv: -kv[1])))
@@ -236,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-l", "--launchpad")
     run.set_defaults(func=cmd_run)
 
+    m = sub.add_parser("ml", help="add ML Fireworks for novel candidates that have none yet")
+    m.add_argument("-c", "--campaign", required=True)
+    m.add_argument("-l", "--launchpad")
+    m.set_defaults(func=cmd_ml)
+
     d = sub.add_parser("demo", help="the whole cheap funnel on the bundled CrystaLLM-pi generations")
     d.add_argument("--input", default=None)
     d.add_argument("--references", nargs="*", default=None)
@@ -243,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-c", "--campaign", default="demo")
     d.set_defaults(func=cmd_demo)
     return p
+
+
+def cmd_ml(args) -> int:
+    from fw_screen.workflows import promote_to_ml
+
+    lp_file = resolve_launchpad(args.launchpad, args.home)
+    batches = promote_to_ml(_launchpad(lp_file), _store(lp_file), args.campaign)
+    print(f"added {len(batches)} ML Fireworks" if batches else "every novel candidate already has its ML Firework")
+    return 0
 
 
 def cmd_demo(args) -> int:

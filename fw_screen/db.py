@@ -6,6 +6,8 @@ everything is.  Collections:
 * ``candidates``: one document per input CIF (``_id`` = ``campaign:hash``), with its stage results;
 * ``campaigns``: one document per campaign, holding the validated spec it runs with;
 * ``references``: reference structures for novelty, keyed by reduced formula;
+* ``reference_entries``: energy entries (MP2020-corrected scale) for convex hulls, keyed by chemical system;
+* ``reference_systems``: chemical systems whose entries were loaded complete (a hull inside one is trusted);
 * ``fws_locks``: leases that serialise uniqueness work on one shard of one campaign.
 
 Status changes go through :meth:`ResultsStore.transition`, which only updates documents still in the
@@ -22,7 +24,7 @@ import time
 import uuid
 from typing import Iterable, Iterator
 
-from pymongo import ASCENDING, InsertOne, UpdateOne
+from pymongo import ASCENDING, InsertOne, UpdateMany, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -31,6 +33,8 @@ from fw_screen import status as st
 CANDIDATES = "candidates"
 CAMPAIGNS = "campaigns"
 REFERENCES = "references"
+ENTRIES = "reference_entries"
+SYSTEMS = "reference_systems"
 LOCKS = "fws_locks"
 
 
@@ -50,6 +54,8 @@ class ResultsStore:
         self.candidates = db[CANDIDATES]
         self.campaigns = db[CAMPAIGNS]
         self.references = db[REFERENCES]
+        self.entries = db[ENTRIES]
+        self.systems = db[SYSTEMS]
         self.locks = db[LOCKS]
 
     # ------------------------------------------------------------------------------- construction
@@ -76,6 +82,8 @@ class ResultsStore:
         self.references.create_index("reduced_formula")
         self.references.create_index("match_key")
         self.references.create_index("set")
+        self.entries.create_index("chemsys")
+        c.create_index([("campaign", ASCENDING), ("ml_batch", ASCENDING)])
 
     # ------------------------------------------------------------------------------------ campaigns
     def register_campaign(self, spec: dict) -> dict:
@@ -189,6 +197,28 @@ class ResultsStore:
             out.setdefault(d["_id"].get("k"), {})[d["_id"]["s"]] = d["n"]
         return out
 
+    def yield_counts(self, campaign: str, by: str | None = "targets.band_gap.value") -> list[dict]:
+        """Funnel and target-hit counts per condition (one aggregation; ``by=None``: whole campaign)."""
+        valid = [st.VALID, st.DUPLICATE, st.KNOWN, *st.NOVEL_OR_LATER]
+
+        def count(cond):
+            return {"$sum": {"$cond": [cond, 1, 0]}}
+
+        stable = {"$eq": ["$ml.stable", True]}
+        hit = {"$eq": ["$ml.hits.band_gap.hit", True]}
+        group = {"_id": f"${by}" if by else None, "inputs": {"$sum": 1},
+                 "valid": count({"$in": ["$status", valid]}),
+                 "unique": count({"$in": ["$status", [st.KNOWN, *st.NOVEL_OR_LATER]]}),
+                 "novel": count({"$in": ["$status", list(st.NOVEL_OR_LATER)]}),
+                 "ml_done": count({"$eq": ["$status", st.ML_DONE]}),
+                 "stable": count(stable),
+                 "band_gap_predicted": count({"$in": ["$ml.hits.band_gap.hit", [True, False]]}),
+                 "band_gap_hit": count(hit),
+                 "stable_and_hit": count({"$and": [stable, hit]})}
+        rows = self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$group": group},
+                                          {"$sort": {"_id": 1}}])
+        return [{"condition": r.pop("_id"), **r} for r in rows]
+
     def failure_counts(self, campaign: str) -> dict[str, int]:
         pipeline = [{"$match": {"campaign": campaign, "status": "invalid"}},
                     {"$group": {"_id": "$validity.first_failure", "n": {"$sum": 1}}}]
@@ -220,6 +250,53 @@ class ResultsStore:
 
     def reference_count(self) -> int:
         return self.references.estimated_document_count()
+
+    # ------------------------------------------------------------------------------ hull entries
+    def add_entries(self, docs: list[dict]) -> dict:
+        ops = [UpdateOne({"_id": d["_id"]}, {"$setOnInsert": d}, upsert=True) for d in docs]
+        new = 0
+        for chunk in _chunks(ops, 1000):
+            new += self.entries.bulk_write(chunk, ordered=False).upserted_count
+        return {"new": new, "existing": len(docs) - new}
+
+    def entries_in_chemsys(self, elements: Iterable[str]) -> list[dict]:
+        """Every reference entry whose elements are a subset of ``elements`` (one indexed query)."""
+        from itertools import combinations
+
+        els = sorted(set(elements))
+        systems = ["-".join(c) for n in range(1, len(els) + 1) for c in combinations(els, n)]
+        return list(self.entries.find({"chemsys": {"$in": systems}}, {"entry": 1}))
+
+    def add_systems(self, systems: list[str], source: str) -> None:
+        for chemsys in systems:
+            self.systems.update_one({"_id": chemsys}, {"$addToSet": {"sources": source}}, upsert=True)
+
+    def covering_systems(self, elements: Iterable[str]) -> list[str]:
+        """Complete reference systems that contain every one of ``elements``."""
+        need = set(elements)
+        return sorted(d["_id"] for d in self.systems.find({}, {"_id": 1}) if need <= set(d["_id"].split("-")))
+
+    def system_names(self) -> list[str]:
+        return sorted(d["_id"] for d in self.systems.find({}, {"_id": 1}))
+
+    def entry_count(self) -> int:
+        return self.entries.estimated_document_count()
+
+    def assign_ml_batches(self, campaign: str, ids: list[str], size: int, prefix: str) -> list[str]:
+        """Group novel candidates into ML batches of ``size``; returns the batch ids."""
+        batches = []
+        ops = []
+        for i in range(0, len(ids), size):
+            batch = f"{prefix}.ml{i // size:04d}"
+            batches.append(batch)
+            ops.append(UpdateMany({"_id": {"$in": ids[i:i + size]}, "campaign": campaign}, {"$set": {"ml_batch": batch}}))
+        if ops:
+            self.candidates.bulk_write(ops, ordered=False)
+        return batches
+
+    def unbatched_novel(self, campaign: str) -> list[str]:
+        return [d["_id"] for d in self.candidates.find(
+            {"campaign": campaign, "status": st.NOVEL, "ml_batch": {"$exists": False}}, {"_id": 1}).sort("seq", 1)]
 
     # --------------------------------------------------------------------------------------- locks
     def acquire_lock(self, name: str, lease_s: float = 300, wait_s: float = 3600, poll_s: float = 0.5) -> str:

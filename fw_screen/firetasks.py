@@ -74,5 +74,23 @@ class UniquenessTask(FiretaskBase):
     optional_params = ["db_file"]
 
     def run_task(self, fw_spec):
-        counts = campaign.run_uniqueness(_store(self, fw_spec), self["campaign"], int(self["shard"]))
+        from fw_screen.workflows import ml_fireworks
+
+        store = _store(self, fw_spec)
+        counts = campaign.run_uniqueness(store, self["campaign"], int(self["shard"]))
+        fws = ml_fireworks(self["campaign"], counts.get("ml_batches", []), store.campaign_spec(self["campaign"]),
+                           db_file=self.get("db_file"))
+        counts["ml_batches"] = len(counts.get("ml_batches", []))
+        return FWAction(stored_data=counts, additions=fws or None)
+
+
+@explicit_serialize
+class StabilityTask(FiretaskBase):
+    """ML relaxation, energy above hull, band gap and target hits for one ML batch of novel candidates."""
+
+    required_params = ["campaign", "ml_batch"]
+    optional_params = ["db_file"]
+
+    def run_task(self, fw_spec):
+        counts = campaign.run_stability(_store(self, fw_spec), self["campaign"], self["ml_batch"])
         return FWAction(stored_data=counts)

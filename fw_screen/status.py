@@ -5,9 +5,11 @@
     ingested ──► invalid                       (validity: a required check failed; reason stored)
         └──────► valid ──► duplicate           (uniqueness: matches an earlier candidate; duplicate_of)
                      ├───► known               (novelty: matches a reference structure)
-                     └───► novel               (goes on to the ML stage)
+                     └───► novel ──► ml_done        (stability: relaxed, e_above_hull, band gap, hits)
+                                 ├─► no_reference   (no reference entries for an element: named)
+                                 └─► ml_failed      (relaxation exploded / timed out / unsupported element)
 
-Terminal states are never left.  Later stages extend ``TRANSITIONS`` from ``novel``.
+Terminal states are never left.  Later stages extend ``TRANSITIONS`` from ``ml_done``.
 """
 
 from __future__ import annotations
@@ -18,18 +20,26 @@ VALID = "valid"
 DUPLICATE = "duplicate"
 KNOWN = "known"
 NOVEL = "novel"
+ML_DONE = "ml_done"
+NO_REFERENCE = "no_reference"
+ML_FAILED = "ml_failed"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     INGESTED: frozenset({INVALID, VALID}),
     VALID: frozenset({DUPLICATE, KNOWN, NOVEL}),
+    NOVEL: frozenset({ML_DONE, NO_REFERENCE, ML_FAILED}),
     INVALID: frozenset(),
     DUPLICATE: frozenset(),
     KNOWN: frozenset(),
-    NOVEL: frozenset(),
+    ML_DONE: frozenset(),
+    NO_REFERENCE: frozenset(),
+    ML_FAILED: frozenset(),
 }
 
 #: display order for funnel tables
-ORDER = (INGESTED, INVALID, VALID, DUPLICATE, KNOWN, NOVEL)
+ORDER = (INGESTED, INVALID, VALID, DUPLICATE, KNOWN, NOVEL, ML_DONE, NO_REFERENCE, ML_FAILED)
+#: statuses of candidates that were novel (the ML stage may have moved them on)
+NOVEL_OR_LATER = (NOVEL, ML_DONE, NO_REFERENCE, ML_FAILED)
 
 
 class TransitionError(ValueError):
@@ -45,8 +55,10 @@ def funnel(counts: dict[str, int]) -> dict[str, int]:
     """Cumulative funnel from per-status counts: inputs, valid (V), unique (VU), novel (VUN)."""
     total = sum(counts.values())
     n = {s: counts.get(s, 0) for s in ORDER}
-    valid = n[VALID] + n[DUPLICATE] + n[KNOWN] + n[NOVEL]
-    unique = n[KNOWN] + n[NOVEL]
+    novel = sum(n[s] for s in NOVEL_OR_LATER)
+    valid = n[VALID] + n[DUPLICATE] + n[KNOWN] + novel
+    unique = n[KNOWN] + novel
     return {"inputs": total, "pending_validity": n[INGESTED], "invalid": n[INVALID], "valid": valid,
             "pending_uniqueness": n[VALID], "duplicate": n[DUPLICATE], "unique": unique, "known": n[KNOWN],
-            "novel": n[NOVEL]}
+            "novel": novel, "pending_ml": n[NOVEL], "ml_done": n[ML_DONE], "no_reference": n[NO_REFERENCE],
+            "ml_failed": n[ML_FAILED]}

@@ -1,7 +1,8 @@
 """Workflows: which Fireworks a submission becomes.
 
 A submission of N candidates becomes ceil(N / batch_size) validity Fireworks (category ``cheap``), all
-parents of ``dedup_shards`` uniqueness Fireworks.  Two ways in:
+parents of ``dedup_shards`` uniqueness Fireworks; each uniqueness Firework adds, when it has decided, one
+stability Firework (category ``ml``) per ``ml.batch_size`` novel candidates.  Two ways in:
 
 * :func:`stage_workflow` after the CLI has ingested client-side (``fw-screen submit``);
 * :func:`ingest_workflow`, a one-Firework workflow that ingests on a worker and adds the stage Fireworks
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from fireworks import Firework, Workflow
 
-from fw_screen.firetasks import IngestTask, UniquenessTask, ValidityTask
+from fw_screen.firetasks import IngestTask, StabilityTask, UniquenessTask, ValidityTask
 
 
 def _task_kwargs(db_file: str | None) -> dict:
@@ -37,6 +38,14 @@ def stage_workflow(campaign: str, batches: list[str], spec: dict, db_file: str |
     submission = batches[0].rsplit(".", 1)[0]
     return Workflow(validity + dedup, links_dict=links, name=f"fw-screen {campaign} {submission}",
                     metadata={"campaign": campaign, "submission": submission, "batches": len(batches)})
+
+
+def ml_fireworks(campaign: str, ml_batches: list[str], spec: dict, db_file: str | None = None) -> list[Firework]:
+    """One ML Firework (category ``ml``) per ML batch of novel candidates."""
+    return [Firework(StabilityTask(campaign=campaign, ml_batch=b, **_task_kwargs(db_file)),
+                     name=f"stability {b}", spec={"_category": spec["fireworks"]["category_ml"], "campaign": campaign,
+                                                  "stage": "stability", "ml_batch": b})
+            for b in ml_batches]
 
 
 def ingest_workflow(source: str | Path, spec: dict, db_file: str | None = None) -> Workflow:
@@ -66,3 +75,15 @@ def submit(launchpad, store, source: str | Path, spec: dict, progress=None) -> t
     if wf is not None:
         launchpad.add_wf(wf)
     return summary, wf
+
+
+def promote_to_ml(launchpad, store, campaign: str, db_file: str | None = None) -> list[str]:
+    """Give novel candidates that have no ML batch yet (older campaigns, interrupted runs) ML Fireworks."""
+    from fw_screen.campaign import plan_ml_batches
+
+    spec = store.campaign_spec(campaign)
+    batches = plan_ml_batches(store, campaign, store.unbatched_novel(campaign), spec)
+    fws = ml_fireworks(campaign, batches, spec, db_file)
+    if fws:
+        launchpad.add_wf(Workflow(fws, name=f"fw-screen {campaign} ML", metadata={"campaign": campaign}))
+    return batches

@@ -48,9 +48,15 @@ def test_three_concurrent_launchers_process_each_candidate_once(generations, lau
                            tmp_path / "launches", sleep=1)
     assert codes == [0, 0, 0]
 
-    states = [fw["state"] for fw in launchpad.fireworks.find({}, {"state": 1})]
+    cheap = {"spec.stage": {"$in": ["validity", "uniqueness"]}}
+    states = [fw["state"] for fw in launchpad.fireworks.find(cheap, {"state": 1})]
     assert states == ["COMPLETED"] * n_fws
     assert launchpad.launches.count_documents({}) == n_fws  # no Firework ran twice
+    # the uniqueness Fireworks added one ML Firework per ml.batch_size novel candidates, for ML workers only
+    n_novel = store.candidates.count_documents({"campaign": "test", "status": st.NOVEL})
+    ml = list(launchpad.fireworks.find({"spec.stage": "stability"}, {"state": 1, "spec": 1}))
+    assert n_novel > 0 and len(ml) >= -(-n_novel // spec["ml"]["batch_size"])
+    assert {fw["state"] for fw in ml} == {"READY"} and {fw["spec"]["_category"] for fw in ml} == {"ml"}
     hosts = {d["fworker"]["name"] for d in launchpad.launches.find({}, {"fworker": 1})}
     assert hosts == {"test"}
 
@@ -118,7 +124,7 @@ def test_workflow_yaml_with_plain_lpad_add_and_rlaunch(generations, launchpad, l
                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     # ingest Firework + ceil(40/15)=3 validity + 2 uniqueness, all added dynamically and completed
-    states = [fw["state"] for fw in launchpad.fireworks.find({}, {"state": 1})]
+    states = [fw["state"] for fw in launchpad.fireworks.find({"spec.stage": {"$ne": "stability"}}, {"state": 1})]
     assert states == ["COMPLETED"] * 6
     f = funnel_report(store, "yamlrun")["funnel"]
     assert f["inputs"] == 40 and f["pending_validity"] == 0 and f["pending_uniqueness"] == 0

@@ -27,8 +27,13 @@ def mp_entries():
 
 
 def test_mp_json_loads_every_entry_with_its_hull_distance(mp_entries):
-    docs, skipped = refs.load(EXAMPLES / "mp_Li-Co-Ni-O.json.gz")
+    found = refs.load(EXAMPLES / "mp_Li-Co-Ni-O.json.gz")
+    docs, skipped = found["structures"], found["skipped"]
     assert skipped == 0 and len(docs) == len(mp_entries) == 775
+    # the same file also gives the hull entries, keyed by chemical system
+    assert len(found["entries"]) == 775
+    assert {e["chemsys"] for e in found["entries"]} >= {"Li", "Co-O", "Co-Li-Ni-O"}
+    assert found["systems"] == ["Co-Li-Ni-O"]  # a whole chemical system: hulls inside it are trusted
     by_id = {d["ref_id"]: d for d in docs}
     raw = mp_entries[10]
     entry = MontyDecoder().process_decoded(raw)
@@ -39,8 +44,10 @@ def test_mp_json_loads_every_entry_with_its_hull_distance(mp_entries):
 
 
 def test_entries_without_structure_are_counted_not_loaded():
-    docs, skipped = refs.load(EXAMPLES / "mp-elemental-reference-entries-2023-02-07.json.gz")
-    assert docs == [] and skipped == 89
+    found = refs.load(EXAMPLES / "mp-elemental-reference-entries-2023-02-07.json.gz")
+    assert found["structures"] == [] and found["skipped"] == 89
+    assert len(found["entries"]) == 89  # still usable as hull references
+    assert found["systems"] == []  # but 89 elements are a collection, not one complete system
 
 
 def test_cif_folder_and_table_sources(mp_entries, tmp_path):
@@ -50,18 +57,20 @@ def test_cif_folder_and_table_sources(mp_entries, tmp_path):
     for i, s in enumerate(structures):
         (folder / f"ref{i}.cif").write_text(str(CifWriter(s)))
     (folder / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
-    docs, skipped = refs.load(folder, "mine")
+    found = refs.load(folder, "mine")
+    docs, skipped = found["structures"], found["skipped"]
     assert len(docs) == 5 and skipped == 1
     assert sorted(d["reduced_formula"] for d in docs) == sorted(s.composition.reduced_formula for s in structures)
     table = tmp_path / "refs.csv"
     pd.DataFrame({"material_id": [f"x-{i}" for i in range(5)],
                   "cif": [str(CifWriter(s)) for s in structures]}).to_csv(table, index=False)
-    docs, skipped = refs.load(table)
+    found = refs.load(table)
+    docs, skipped = found["structures"], found["skipped"]
     assert [d["ref_id"] for d in docs] == [f"x-{i}" for i in range(5)] and skipped == 0
     # an id repeated across rows (CrystaLLM-pi reuses Material IDs across conditions) keeps every row
     pd.DataFrame({"material_id": ["g-1", "g-1", "g-2"],
                   "cif": [str(CifWriter(s)) for s in structures[:3]]}).to_csv(table, index=False)
-    docs, _ = refs.load(table)
+    docs = refs.load(table)["structures"]
     assert len({d["_id"] for d in docs}) == 3 and docs[2]["ref_id"] == "g-2"
 
 
@@ -69,7 +78,10 @@ def test_load_into_store_is_idempotent_and_indexed(store):
     first = load_references(store, EXAMPLES / "mp_Na-Fe-P-O.json.gz")
     again = load_references(store, EXAMPLES / "mp_Na-Fe-P-O.json.gz")
     assert first["new"] == 557 and again["new"] == 0 and again["existing"] == 557
-    assert store.reference_count() == 557
+    assert first["entries_new"] == 557 and again["entries_new"] == 0
+    assert store.reference_count() == 557 and store.entry_count() == 557
+    subsystem = store.entries_in_chemsys(["Na", "Fe", "O"])
+    assert subsystem and all(set(d["entry"]["composition"]) <= {"Na", "Fe", "O"} for d in subsystem)
     plan = store.references.find({"reduced_formula": "NaFePO4"}).explain()
     assert "reduced_formula" in json.dumps(plan, default=str)
 
