@@ -244,8 +244,8 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
         return st.ML_FAILED, {"ml": out}
     out["structure_relaxed"] = relaxed.as_dict()
     try:
-        entry = stability.ml_entry(relaxed, relax["energy"], ml["potential"], entry_id=doc["_id"])
-        entry_unrelaxed = stability.ml_entry(structure, relax["energy_unrelaxed"], ml["potential"],
+        entry = stability.ml_entry(relaxed, relax["energy_total"], ml["potential"], entry_id=doc["_id"])
+        entry_unrelaxed = stability.ml_entry(structure, relax["unrelaxed_energy_total"], ml["potential"],
                                              entry_id=doc["_id"])
     except stability.CorrectionError as exc:
         out["reason"] = f"energy correction failed: {exc}"

@@ -92,5 +92,10 @@ class StabilityTask(FiretaskBase):
     optional_params = ["db_file"]
 
     def run_task(self, fw_spec):
+        import torch
+
+        # one thread per worker process: parallelism comes from more rlaunch processes; two torch
+        # threads per process on a busy 2-core node made predictions ~100x slower (measured)
+        torch.set_num_threads(int(os.environ.get("FW_SCREEN_TORCH_THREADS", "1")))
         counts = campaign.run_stability(_store(self, fw_spec), self["campaign"], self["ml_batch"])
         return FWAction(stored_data=counts)

@@ -1,0 +1,79 @@
+"""The ML stage through FireWorks on the real server: cheap workers, then an ML worker (real CHGNet, MEGNet)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from fw_screen import status as st
+from fw_screen.campaign import funnel_report, load_references
+from fw_screen.cli import launch_workers
+from fw_screen.workflows import promote_to_ml, submit
+
+DATA = Path(__file__).parent / "data"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _fworker(tmp_path: Path, launchpad_file: Path, categories: list[str]) -> str:
+    path = tmp_path / f"fworker_{'_'.join(categories)}.yaml"
+    path.write_text(yaml.safe_dump({"name": "-".join(categories), "category": categories, "query": "{}",
+                                    "env": {"db_file": str(launchpad_file)}}))
+    return str(path)
+
+
+def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpad_file, store, spec, tmp_path):
+    for f in ("mp_Li-Co-Ni-O.json.gz", "mp_Na-Fe-P-O.json.gz"):
+        load_references(store, EXAMPLES / f)
+    summary, _ = submit(launchpad, store, DATA / "crystallm_pi_ml_rows.parquet", spec)
+    assert summary["new"] == 4
+    assert launch_workers(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["cheap"]), 1,
+                          tmp_path / "cheap", sleep=1) == [0]
+    assert store.candidates.count_documents({"campaign": "test", "status": st.NOVEL}) == 4
+    ml_fws = launchpad.fireworks.count_documents({"spec.stage": "stability"})
+    assert ml_fws >= 1
+    assert launch_workers(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["ml"]), 1,
+                          tmp_path / "ml", sleep=1) == [0]
+    states = {fw["state"] for fw in launchpad.fireworks.find({}, {"state": 1})}
+    assert states == {"COMPLETED"}
+
+    docs = {d["reduced_formula"]: d for d in store.candidates.find({"campaign": "test"})}
+    for formula in ("NaFeO2", "Na3P", "LiNiO2"):
+        d = docs[formula]
+        assert d["status"] == st.ML_DONE, (formula, d.get("ml"))
+        ml = d["ml"]
+        assert ml["potential"] == "chgnet" and ml["relax"]["status"] in ("converged", "not_converged")
+        assert ml["relax"]["steps"] <= spec["ml"]["max_steps"]
+        assert math.isfinite(ml["e_above_hull"]) and math.isfinite(ml["e_above_hull_unrelaxed"])
+        assert ml["e_above_hull"] <= ml["e_above_hull_unrelaxed"] + 0.05  # relaxing does not climb the hull
+        assert ml["hull"]["decomposition"]
+        assert ml["band_gap"]["structure"] == "relaxed" and ml["band_gap"]["band_gap"] >= 0
+        hit = ml["hits"]["band_gap"]
+        assert hit["target"] == d["targets"]["band_gap"]["value"]
+        assert hit["hit"] == (abs(hit["predicted"] - hit["target"]) <= spec["property"]["band_gap_tolerance"])
+        assert ml["stable"] == (ml["e_above_hull"] <= spec["ml"]["stability_threshold"])
+        assert d["runs"]["ml"] == 1
+    outside = docs["KZnAs"]
+    assert outside["status"] == st.NO_REFERENCE
+    assert "K-As-Zn" in outside["ml"]["reason"] or "As-K-Zn" in outside["ml"]["reason"]
+    assert "e_above_hull" not in outside["ml"]
+    assert outside["ml"]["band_gap"]["structure"] == "unrelaxed"
+
+    # each ML Firework built each chemical system's hull once in its process
+    for launch in launchpad.launches.find({"action.stored_data.hulls_built_in_process": {"$exists": True}}):
+        assert launch["action"]["stored_data"]["hulls_built_in_process"] <= 4
+
+    report = funnel_report(store, "test")
+    y = report["yields"]
+    assert y["novel"] == 4 and y["ml_done"] == 3
+    stable = sum(docs[f]["ml"]["stable"] for f in ("NaFeO2", "Na3P", "LiNiO2"))
+    assert y["stable"] == stable and math.isclose(y["VSUN"], stable / 4)
+    assert y["band_gap_predicted"] == 4
+    # nothing left to promote, and the CLI prints the yields
+    assert promote_to_ml(launchpad, store, "test") == []
+    out = subprocess.run([str(Path(sys.executable).parent / "fw-screen"), "status", "-l", str(launchpad_file),
+                          "-c", "test"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "VSUN" in out.stdout and "no reference 1" in out.stdout
