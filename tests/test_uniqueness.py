@@ -204,7 +204,7 @@ def _run_funnel(store, folder: Path, spec: dict) -> dict:
     totals = defaultdict(int)
     for shard in range(spec["dedup_shards"]):
         for key, n in cp.run_uniqueness(store, spec["campaign"], shard).items():
-            if key != "seconds":
+            if key not in ("seconds", "ml_batches"):  # ml_batches: ids of the ML batches it planned
                 totals[key] += n
     return {**summary, "uniqueness": dict(totals)}
 
