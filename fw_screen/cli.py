@@ -154,6 +154,18 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_top(rows: list[dict]) -> str:
+    lines = [f"  {'candidate':<26} {'formula':<14} {'sg':<10} {'E_hull':>8} {'gap':>6} {'target':>7} hit"]
+    for d in rows:
+        ml = d["ml"]
+        hit = ml.get("hits", {}).get("band_gap", {})
+        target = hit.get("target")
+        lines.append(f"  {d['_id']:<26} {d['reduced_formula']:<14} {d.get('spacegroup') or '-':<10} "
+                     f"{ml['e_above_hull']:>8.3f} {ml['band_gap']['band_gap']:>6.2f} "
+                     f"{'-' if target is None else f'{target:.2f}':>7} {hit.get('hit')}")
+    return "\n".join(lines)
+
+
 def cmd_status(args) -> int:
     from fw_screen.campaign import funnel_report
 
@@ -167,6 +179,11 @@ def cmd_status(args) -> int:
         print(json.dumps(reports, indent=1))
     else:
         print("\n\n".join(format_report(r) for r in reports))
+        if args.top:
+            for name in names:
+                rows = store.top_candidates(name, args.top)
+                if rows:
+                    print(f"\nlowest above the ML hull in {name} (eV/atom; band gap eV):\n{format_top(rows)}")
     return 0
 
 
@@ -239,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     stt.add_argument("-c", "--campaign")
     stt.add_argument("-l", "--launchpad")
     stt.add_argument("--json", action="store_true")
+    stt.add_argument("--top", type=int, default=0, help="also list the N candidates lowest above the ML hull")
     stt.set_defaults(func=cmd_status)
 
     run = sub.add_parser("run", help="run local rlaunch workers until the LaunchPad has no work left")
@@ -297,6 +315,9 @@ def cmd_demo(args) -> int:
                                server.home(args.home) / "launches")
         print(f"workers finished: exit codes {codes}")
     print(format_report(funnel_report(store, spec["campaign"])))
+    top = store.top_candidates(spec["campaign"], 10)
+    if top:
+        print(f"lowest above the ML hull (eV/atom; band gap eV):\n{format_top(top)}")
     print(f"total {time.perf_counter() - t0:.1f} s; query it: lpad -l {lp_file} get_wflows; "
           f"fw-screen status -c {spec['campaign']}")
     return 0

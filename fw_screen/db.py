@@ -219,6 +219,13 @@ class ResultsStore:
                                           {"$sort": {"_id": 1}}])
         return [{"condition": r.pop("_id"), **r} for r in rows]
 
+    def top_candidates(self, campaign: str, n: int = 10) -> list[dict]:
+        """The ``n`` ML-done candidates lowest above the hull (an indexed sort would want ml.e_above_hull)."""
+        fields = {"reduced_formula": 1, "spacegroup": 1, "nsites": 1, "ml.e_above_hull": 1,
+                  "ml.band_gap.band_gap": 1, "ml.hits.band_gap": 1, "ml.hull.decomposition": 1}
+        return list(self.candidates.find({"campaign": campaign, "status": st.ML_DONE}, fields)
+                    .sort("ml.e_above_hull", ASCENDING).limit(n))
+
     def failure_counts(self, campaign: str) -> dict[str, int]:
         pipeline = [{"$match": {"campaign": campaign, "status": "invalid"}},
                     {"$group": {"_id": "$validity.first_failure", "n": {"$sum": 1}}}]

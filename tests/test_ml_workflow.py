@@ -77,3 +77,6 @@ def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpa
     out = subprocess.run([str(Path(sys.executable).parent / "fw-screen"), "status", "-l", str(launchpad_file),
                           "-c", "test"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "VSUN" in out.stdout and "no reference 1" in out.stdout
+    top = subprocess.run([str(Path(sys.executable).parent / "fw-screen"), "status", "-l", str(launchpad_file),
+                          "-c", "test", "--top", "2"], capture_output=True, text=True, timeout=120)
+    assert top.returncode == 0 and top.stdout.count(" test:") == 2
