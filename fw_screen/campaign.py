@@ -251,6 +251,10 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
         out["reason"] = f"energy correction failed: {exc}"
         return st.ML_FAILED, {"ml": out}
     hull = stability.hull_distance(entry, pd)
+    # as a list: entry ids are not safe MongoDB keys ('.' would split them)
+    formulas = hull.pop("decomposition_formulas")
+    hull["decomposition"] = [{"entry_id": k, "formula": formulas.get(k), "fraction": v}
+                             for k, v in hull["decomposition"].items()]
     out["hull"] = hull
     out["e_above_hull"] = hull["e_above_hull"]
     out["e_above_hull_unrelaxed"] = stability.hull_distance(entry_unrelaxed, pd)["e_above_hull"]
