@@ -240,12 +240,8 @@ class ResultsStore:
 
     # ---------------------------------------------------------------------------------- references
     def add_references(self, docs: list[dict]) -> dict:
-        """Upsert reference structures by ``_id``; returns counts."""
-        ops = [UpdateOne({"_id": d["_id"]}, {"$setOnInsert": d}, upsert=True) for d in docs]
-        new = 0
-        for chunk in _chunks(ops, 1000):
-            new += self.references.bulk_write(chunk, ordered=False).upserted_count
-        return {"new": new, "existing": len(docs) - new}
+        """Insert reference structures not yet present (by ``_id``); returns counts."""
+        return _insert_new(self.references, docs)
 
     def references_with_formula(self, formulas: Iterable[str], projection: dict | None = None) -> Iterator[dict]:
         return self.references.find({"reduced_formula": {"$in": sorted(set(formulas))}}, projection)
@@ -260,11 +256,8 @@ class ResultsStore:
 
     # ------------------------------------------------------------------------------ hull entries
     def add_entries(self, docs: list[dict]) -> dict:
-        ops = [UpdateOne({"_id": d["_id"]}, {"$setOnInsert": d}, upsert=True) for d in docs]
-        new = 0
-        for chunk in _chunks(ops, 1000):
-            new += self.entries.bulk_write(chunk, ordered=False).upserted_count
-        return {"new": new, "existing": len(docs) - new}
+        """Insert hull entries not yet present (by ``_id``); returns counts."""
+        return _insert_new(self.entries, docs)
 
     def entries_in_chemsys(self, elements: Iterable[str]) -> list[dict]:
         """Every reference entry whose elements are a subset of ``elements`` (one indexed query)."""
@@ -336,6 +329,15 @@ def new_submission_id() -> str:
     """``s20261125-061426-1a2b3c``: starts with a letter and holds no 'T', because FireWorks turns any
     spec string that ``datetime.fromisoformat`` accepts into a datetime (``reconstitute_dates``)."""
     return "s" + utcnow().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _insert_new(collection, docs: list[dict]) -> dict:
+    """Upsert-if-absent by ``_id`` in bulk: loading the same references twice adds nothing."""
+    ops = [UpdateOne({"_id": d["_id"]}, {"$setOnInsert": d}, upsert=True) for d in docs]
+    new = 0
+    for chunk in _chunks(ops, 1000):
+        new += collection.bulk_write(chunk, ordered=False).upserted_count
+    return {"new": new, "existing": len(docs) - new}
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
