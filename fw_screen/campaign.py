@@ -268,10 +268,22 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
 
 
 def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: dict) -> list[str]:
-    """Put novel candidates into ML batches (ids that FireWorks cannot mistake for dates)."""
+    """Put novel candidates into ML batches (ids that FireWorks cannot mistake for dates).
+
+    Candidates inside a complete reference system will be relaxed (seconds to minutes each): small
+    batches of ``ml.batch_size`` keep several ML workers busy to the end.  The others only get a band-gap
+    prediction (milliseconds): they go in batches of ``batch_size`` so they cost few rockets.
+    """
     import uuid
 
-    return store.assign_ml_batches(campaign, ids, spec["ml"]["batch_size"], prefix=f"m{uuid.uuid4().hex[:10]}")
+    prefix = f"m{uuid.uuid4().hex[:10]}"
+    elements = {d["_id"]: d.get("elements") or [] for d in store.candidates_for(
+        {"_id": {"$in": ids}}, {"elements": 1}, sort=None)}
+    systems = [set(name.split("-")) for name in store.system_names()]
+    relax = [i for i in ids if any(set(elements.get(i, [])) <= sys_ for sys_ in systems)]
+    cheap = [i for i in ids if i not in set(relax)]
+    return (store.assign_ml_batches(campaign, relax, spec["ml"]["batch_size"], prefix=f"{prefix}r")
+            + store.assign_ml_batches(campaign, cheap, spec["batch_size"], prefix=f"{prefix}n"))
 
 
 def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:

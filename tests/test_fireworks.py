@@ -55,7 +55,11 @@ def test_three_concurrent_launchers_process_each_candidate_once(generations, lau
     # the uniqueness Fireworks added one ML Firework per ml.batch_size novel candidates, for ML workers only
     n_novel = store.candidates.count_documents({"campaign": "test", "status": st.NOVEL})
     ml = list(launchpad.fireworks.find({"spec.stage": "stability"}, {"state": 1, "spec": 1}))
-    assert n_novel > 0 and len(ml) >= -(-n_novel // spec["ml"]["batch_size"])
+    assert n_novel > 0
+    batches = store.candidates.distinct("ml_batch", {"campaign": "test", "status": st.NOVEL})
+    assert store.candidates.count_documents({"campaign": "test", "status": st.NOVEL,
+                                             "ml_batch": {"$exists": True}}) == n_novel
+    assert sorted(fw["spec"]["ml_batch"] for fw in ml) == sorted(batches)
     assert {fw["state"] for fw in ml} == {"READY"} and {fw["spec"]["_category"] for fw in ml} == {"ml"}
     hosts = {d["fworker"]["name"] for d in launchpad.launches.find({}, {"fworker": 1})}
     assert hosts == {"test"}
