@@ -155,12 +155,12 @@ def format_report(report: dict) -> str:
 
 
 def format_top(rows: list[dict]) -> str:
-    lines = [f"  {'candidate':<26} {'formula':<14} {'sg':<10} {'E_hull':>8} {'gap':>6} {'target':>7} hit"]
+    lines = [f"  {'candidate':<30} {'formula':<14} {'sg':<10} {'E_hull':>8} {'gap':>6} {'target':>7} hit"]
     for d in rows:
         ml = d["ml"]
         hit = ml.get("hits", {}).get("band_gap", {})
         target = hit.get("target")
-        lines.append(f"  {d['_id']:<26} {d['reduced_formula']:<14} {d.get('spacegroup') or '-':<10} "
+        lines.append(f"  {d['_id']:<30} {d['reduced_formula']:<14} {d.get('spacegroup') or '-':<10} "
                      f"{ml['e_above_hull']:>8.3f} {ml['band_gap']['band_gap']:>6.2f} "
                      f"{'-' if target is None else f'{target:.2f}':>7} {hit.get('hit')}")
     return "\n".join(lines)
