@@ -201,7 +201,9 @@ def _phase_diagram(store: ResultsStore, elements: list[str]):
             # elemental references alone would give a hull without the compounds that decide it
             missing = [f"a complete reference system containing {chemsys} (loaded: "
                        f"{', '.join(store.system_names()) or 'none'})"]
-        _HULLS[chemsys] = (None if missing else stability.phase_diagram(entries), missing)
+        if missing:  # not cached: references loaded later, while this worker lives, are picked up
+            return None, missing
+        _HULLS[chemsys] = (stability.phase_diagram(entries), [])
     return _HULLS[chemsys]
 
 
