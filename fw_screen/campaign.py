@@ -84,7 +84,7 @@ def validity_fields(doc: dict, spec: dict) -> dict:
 
 def run_validity(store: ResultsStore, campaign: str, batch: str, flush_every: int = 50) -> dict:
     """Validity for every still-ingested candidate of one batch."""
-    if not isinstance(batch, str) or store.batch_size_of(campaign, batch) == 0:
+    if not isinstance(batch, str) or store.count({"campaign": campaign, "batch": batch}) == 0:
         raise ValueError(f"campaign {campaign!r} has no batch {batch!r}")  # fizzle loudly, never pass silently
     spec = store.campaign_spec(campaign)
     counts = {"valid": 0, "invalid": 0, "skipped": 0}
@@ -183,7 +183,7 @@ def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------- ML stability
-_HULLS: dict[str, tuple] = {}  # chemsys -> (PhaseDiagram, entries signature); one build per process
+_HULLS: dict = {}  # chemsys -> PhaseDiagram: one build per chemical system per worker process
 
 
 def _phase_diagram(store: ResultsStore, elements: list[str]):
@@ -203,8 +203,8 @@ def _phase_diagram(store: ResultsStore, elements: list[str]):
                        f"{', '.join(store.system_names()) or 'none'})"]
         if missing:  # not cached: references loaded later, while this worker lives, are picked up
             return None, missing
-        _HULLS[chemsys] = (stability.phase_diagram(entries), [])
-    return _HULLS[chemsys]
+        _HULLS[chemsys] = stability.phase_diagram(entries)
+    return _HULLS[chemsys], []
 
 
 def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, dict]:
@@ -217,12 +217,12 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
     out: dict = {"potential": ml["potential"]}
     pd, missing = _phase_diagram(store, elements)
     band_gap = None
+    gap_model = pcfg["band_gap_model"], pcfg["band_gap_fidelity"]  # loaded once per process (cached)
     if missing:
         out["reason"] = f"no reference for {', '.join(missing)} (chemical system {'-'.join(elements)})"
         out["missing_references"] = missing
         try:  # the band gap needs no reference: predicted on the unrelaxed cell, said so
-            band_gap = prop.predict_band_gap(structure, prop.load_band_gap_model(pcfg["band_gap_model"],
-                                                                                 pcfg["band_gap_fidelity"]))
+            band_gap = prop.predict_band_gap(structure, prop.load_band_gap_model(*gap_model))
             out["band_gap"] = {**band_gap, "structure": "unrelaxed"}
         except Exception as exc:
             out["band_gap_error"] = f"{type(exc).__name__}: {exc}"
@@ -261,8 +261,7 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
     out["e_above_hull"] = hull["e_above_hull"]
     out["e_above_hull_unrelaxed"] = stability.hull_distance(entry_unrelaxed, pd)["e_above_hull"]
     out["stable"] = hull["e_above_hull"] <= ml["stability_threshold"]
-    band_gap = prop.predict_band_gap(relaxed, prop.load_band_gap_model(pcfg["band_gap_model"],
-                                                                       pcfg["band_gap_fidelity"]))
+    band_gap = prop.predict_band_gap(relaxed, prop.load_band_gap_model(*gap_model))
     out["band_gap"] = {**band_gap, "structure": "relaxed"}
     out["hits"] = prop.target_hits(band_gap["band_gap"], hull["e_above_hull"], doc.get("targets") or {},
                                    pcfg["band_gap_tolerance"], ml["stability_threshold"])
@@ -281,17 +280,17 @@ def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: di
     prefix = f"m{uuid.uuid4().hex[:10]}"
     elements = {d["_id"]: d.get("elements") or [] for d in store.candidates_for(
         {"_id": {"$in": ids}}, {"elements": 1}, sort=None)}
-    systems = [set(name.split("-")) for name in store.system_names()]
-    relax = [i for i in ids if any(set(elements.get(i, [])) <= sys_ for sys_ in systems)]
-    cheap = [i for i in ids if i not in set(relax)]
+    systems = store.system_names()
+    relax = [i for i in ids if refs.systems_containing(elements.get(i, []), systems)]
+    chosen = set(relax)
+    cheap = [i for i in ids if i not in chosen]
     return (store.assign_ml_batches(campaign, relax, spec["ml"]["batch_size"], prefix=f"{prefix}r")
             + store.assign_ml_batches(campaign, cheap, spec["batch_size"], prefix=f"{prefix}n"))
 
 
 def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:
     """Relax, hull distance, band gap and target hits for the novel candidates of one ML batch."""
-    if not isinstance(ml_batch, str) or store.candidates.count_documents(
-            {"campaign": campaign, "ml_batch": ml_batch}) == 0:
+    if not isinstance(ml_batch, str) or store.count({"campaign": campaign, "ml_batch": ml_batch}) == 0:
         raise ValueError(f"campaign {campaign!r} has no ML batch {ml_batch!r}")
     spec = store.campaign_spec(campaign)
     counts = {st.ML_DONE: 0, st.NO_REFERENCE: 0, st.ML_FAILED: 0}

@@ -177,8 +177,8 @@ class ResultsStore:
             moved += self.candidates.bulk_write(chunk, ordered=False).modified_count
         return moved
 
-    def batch_size_of(self, campaign: str, batch: str) -> int:
-        return self.candidates.count_documents({"campaign": campaign, "batch": batch})
+    def count(self, query: dict) -> int:
+        return self.candidates.count_documents(query)
 
     def pending_batches(self, campaign: str) -> set[str]:
         """Batches that still hold candidates waiting for validity."""
@@ -231,13 +231,6 @@ class ResultsStore:
                     {"$group": {"_id": "$validity.first_failure", "n": {"$sum": 1}}}]
         return {str(d["_id"]): d["n"] for d in self.candidates.aggregate(pipeline)}
 
-    def check_pass_counts(self, campaign: str, checks: Iterable[str]) -> dict[str, int]:
-        group = {"_id": None, "n": {"$sum": 1}}
-        for name in checks:
-            group[name] = {"$sum": {"$cond": [{"$eq": [f"$validity.checks.{name}.passed", True]}, 1, 0]}}
-        out = list(self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$group": group}]))
-        return {k: v for k, v in (out[0] if out else {}).items() if k != "_id"}
-
     # ---------------------------------------------------------------------------------- references
     def add_references(self, docs: list[dict]) -> dict:
         """Insert reference structures not yet present (by ``_id``); returns counts."""
@@ -273,8 +266,9 @@ class ResultsStore:
 
     def covering_systems(self, elements: Iterable[str]) -> list[str]:
         """Complete reference systems that contain every one of ``elements``."""
-        need = set(elements)
-        return sorted(d["_id"] for d in self.systems.find({}, {"_id": 1}) if need <= set(d["_id"].split("-")))
+        from fw_screen.references import systems_containing
+
+        return systems_containing(elements, self.system_names())
 
     def system_names(self) -> list[str]:
         return sorted(d["_id"] for d in self.systems.find({}, {"_id": 1}))

@@ -97,6 +97,12 @@ def from_json(path: Path, set_name: str) -> dict:
 MAX_SYSTEM_ELEMENTS = 8
 
 
+def systems_containing(elements, systems: list[str]) -> list[str]:
+    """The chemical systems (``"Co-Li-Ni-O"``) among ``systems`` that contain every one of ``elements``."""
+    need = set(elements)
+    return [name for name in systems if need <= set(name.split("-"))]
+
+
 def complete_systems(entry_docs: list[dict]) -> list[str]:
     """The chemical system a file of entries covers completely, by the convention that such files are
     downloaded per system (MP ``get_entries_in_chemsys``): the union of the elements when it has its
