@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import resource
@@ -49,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import code_version, free_port  # noqa: E402
+from _common import code_version, free_port, save_results  # noqa: E402
 
 from fw_screen import server  # noqa: E402
 from fw_screen.campaign import funnel_report, load_references  # noqa: E402
@@ -453,9 +452,7 @@ def main(argv=None) -> int:
                 shutil.rmtree(home, ignore_errors=True)
         out = args.json or RESULTS / ("cheap_funnel.json" if args.limit is None and not args.skip_main
                                       else f"cheap_funnel_limit{args.limit}_naive{args.naive_n}.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, default=str))
-        print(f"\nresults: {out} (total {results['total_s']} s)")
+        save_results(out, results)
     return 0
 
 

@@ -580,7 +580,7 @@ def main(argv=None) -> int:
     results["passes"] = passes
 
     w1 = passes["w1"]
-    print(f"\n== relaxation by cell size (1 worker; ml.relax.seconds, steps; CHGNet, 1 torch thread) ==")
+    print("\n== relaxation by cell size (1 worker; ml.relax.seconds, steps; CHGNet, 1 torch thread) ==")
     print(f"  {'bin':<6} {'n':>3} {'sites':>6} {'mean s':>8} {'median':>7} {'max':>7} {'steps':>6} {'ms/step/site':>13} "
           f"{'str/min':>8}")
     for b, x in w1["by_bin"].items():

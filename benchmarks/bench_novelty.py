@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -60,7 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import code_version, free_port  # noqa: E402
+from _common import code_version, free_port, save_results  # noqa: E402
 
 from fw_screen import campaign, server  # noqa: E402
 from fw_screen import references as refs  # noqa: E402
@@ -334,9 +333,7 @@ def main(argv=None) -> int:
         if args.home is None:
             shutil.rmtree(home, ignore_errors=True)
         out = args.json or RESULTS / "novelty.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=1, default=str))
-        print(f"\nresults: {out} (total {res['total_s']} s)")
+        save_results(out, res)
     return 0
 
 
