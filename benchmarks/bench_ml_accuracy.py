@@ -81,7 +81,6 @@ def main() -> None:
     rng.shuffle(order)  # interleave the files, so a time budget samples both
 
     rows, t0 = [], time.perf_counter()
-    pd_cache: dict = {}
     for j, i in order:
         if args.time_budget and time.perf_counter() - t0 > args.time_budget:
             break
