@@ -197,8 +197,9 @@ def _phase_diagram(store: ResultsStore, elements: list[str]):
         docs = store.entries_in_chemsys(elements)
         entries = [ComputedEntry.from_dict(d["entry"]) for d in docs]
         missing = stability.missing_references(elements, entries)
-        if not missing and not store.covering_systems(elements):
-            # elemental references alone would give a hull without the compounds that decide it
+        if not missing and len(elements) > 1 and not store.covering_systems(elements):
+            # elemental references alone would give a hull without the compounds that decide it (a single
+            # element's hull is its lowest-energy entry: the elemental references are complete for it)
             missing = [f"a complete reference system containing {chemsys} (loaded: "
                        f"{', '.join(store.system_names()) or 'none'})"]
         if missing:  # not cached: references loaded later, while this worker lives, are picked up
@@ -281,7 +282,9 @@ def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: di
     elements = {d["_id"]: d.get("elements") or [] for d in store.candidates_for(
         {"_id": {"$in": ids}}, {"elements": 1}, sort=None)}
     systems = store.system_names()
-    relax = [i for i in ids if refs.systems_containing(elements.get(i, []), systems)]
+    unary = store.unary_systems()
+    relax = [i for i in ids if refs.systems_containing(elements.get(i, []), systems)
+             or (len(elements.get(i, [])) == 1 and elements[i][0] in unary)]
     chosen = set(relax)
     cheap = [i for i in ids if i not in chosen]
     return (store.assign_ml_batches(campaign, relax, spec["ml"]["batch_size"], prefix=f"{prefix}r")
@@ -364,7 +367,249 @@ def funnel_report(store: ResultsStore, campaign: str) -> dict:
                                    if f["valid"] - f["pending_uniqueness"] else None),
         "novelty_among_unique": f["novel"] / f["unique"] if f["unique"] else None,
     }
+    report["dft"] = store.dft_summary(campaign)
     report["by_condition"] = [{**row, **yields(row)} for row in store.yield_counts(campaign)]
     total = store.yield_counts(campaign, by=None)
     report["yields"] = {**total[0], **yields(total[0])} if total else {}
     return report
+
+
+# ---------------------------------------------------------------------------------------- promotion
+def run_promotion(store: ResultsStore, campaign: str) -> dict:
+    """Promote the best ML-done candidates of a campaign to DFT (rules: spec ``promotion``); idempotent.
+
+    Under a lease, so two workers finishing the ML stage at once cannot both fill the per-condition quota.
+    Each promoted candidate stores ``promotion`` = {reason, rank, condition, rules, at}.
+    """
+    from fw_screen import promotion
+    from fw_screen.db import utcnow
+
+    spec = store.campaign_spec(campaign)
+    owner = store.acquire_lock(f"promote:{campaign}", lease_s=120, wait_s=300)
+    try:
+        choices, summary = promotion.select(store.ml_done_for_promotion(campaign), spec["promotion"],
+                                            store.promoted_per_condition(campaign))
+        promoted = []
+        for choice in choices:
+            fields = {"promotion": {**{k: v for k, v in choice.items() if k != "_id"}, "at": utcnow()}}
+            if store.transition([(choice["_id"], st.ML_DONE, st.PROMOTED, fields)], "promotion"):
+                promoted.append(choice["_id"])
+    finally:
+        store.release_lock(f"promote:{campaign}", owner)
+    summary["promoted"] = promoted
+    return summary
+
+
+def ml_stage_finished(store: ResultsStore, campaign: str) -> bool:
+    """No candidate of the campaign waits for validity, uniqueness or the ML stage."""
+    return store.count({"campaign": campaign, "status": {"$in": [st.INGESTED, st.VALID, st.NOVEL]}}) == 0
+
+
+# ---------------------------------------------------------------------------------------------- DFT
+def _structure_entries(store: ResultsStore, elements) -> list:
+    """Reference entries of a chemical system with their structures (MP ComputedStructureEntries)."""
+    from monty.json import MontyDecoder
+
+    decoder = MontyDecoder()
+    return [decoder.process_decoded(d["entry"]) for d in store.entries_in_chemsys(elements)]
+
+
+def dft_reference_phases(store: ResultsStore, structure: Structure, spec: dict) -> list[dict]:
+    """The reference phases deciding the hull at ``structure``'s composition (see :mod:`fw_screen.dft`)."""
+    from fw_screen import dft
+
+    elements = sorted({el.symbol for el in structure.composition.elements})
+    return dft.reference_phases(structure.composition, _structure_entries(store, elements),
+                                box=spec["dft"]["qe"]["molecule_box"],
+                                polymorph_tolerance=spec["dft"]["reference_polymorph_tolerance"])
+
+
+def dft_jobs(store: ResultsStore, candidate_ids: list[str]) -> dict:
+    """The DFT work for promoted candidates: their ids and the distinct reference phases they need.
+
+    Returns {"candidates": [{"id", "campaign"}], "references": [{"system", "key", "formula", "kind",
+    "structure" (dict), "campaign"}]}: one entry per (chemical system, phase) -- a reference is computed
+    at its system's cutoffs, so the same phase in two systems is two calculations.
+    """
+    jobs: dict = {"candidates": [], "references": []}
+    seen = set()
+    for doc in store.candidates_for({"_id": {"$in": list(candidate_ids)}, "status": st.PROMOTED},
+                                    {"campaign": 1, "elements": 1, "ml.structure_relaxed": 1}):
+        spec = store.campaign_spec(doc["campaign"])
+        jobs["candidates"].append({"id": doc["_id"], "campaign": doc["campaign"]})
+        if spec["dft"]["code"] != "qe":
+            continue
+        structure = Structure.from_dict(doc["ml"]["structure_relaxed"])
+        system = "-".join(sorted(doc["elements"]))
+        try:
+            phases = dft_reference_phases(store, structure, spec)
+        except Exception as exc:  # the candidate's own DFT Firework records the reason
+            log.warning("no reference phases for %s: %s", doc["_id"], exc)
+            continue
+        for phase in phases:
+            if (system, phase["key"]) in seen or len(phase["structure"]) > spec["dft"]["reference_max_sites"]:
+                continue
+            seen.add((system, phase["key"]))
+            jobs["references"].append({"system": system, "key": phase["key"], "formula": phase["formula"],
+                                       "kind": phase["kind"], "structure": phase["structure"].as_dict(),
+                                       "campaign": doc["campaign"]})
+    return jobs
+
+
+def _qe_settings(spec: dict, env: dict | None) -> dict:
+    from fw_screen import qe
+
+    settings = qe.resolve_settings(spec["dft"]["qe"], env)
+    return settings
+
+
+def _reference_id(protocol: dict, key: str) -> str:
+    return f"{protocol['id']}:{key}"
+
+
+def _result_fields(result: dict) -> dict:
+    """A QE chain result as it is stored (structures as dicts)."""
+    out = {k: v for k, v in result.items() if k not in ("structure", "checkpoint")}
+    out["structure_relaxed"] = result["structure"].as_dict() if result.get("structure") is not None else None
+    return out
+
+
+def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: dict, workdir: str | Path,
+                      env: dict | None = None, checkpoint: dict | None = None) -> dict:
+    """Compute one reference phase of ``system`` with the QE protocol of that system, unless it has been
+    computed (or is being computed) under the same protocol already -- never two runs of one reference.
+
+    Returns {"ref_id", "status": done|failed|skipped|checkpoint, ...}; a checkpoint keeps the claim.
+    """
+    from fw_screen import qe
+
+    spec = store.campaign_spec(campaign)
+    settings = _qe_settings(spec, env)
+    try:
+        protocol = qe.protocol(system.split("-"), settings)
+    except qe.QEError as exc:  # no pseudopotentials: the candidates of the system record the same reason
+        return {"ref_id": None, "status": "failed", "reason": str(exc)}
+    ref_id = _reference_id(protocol, phase["key"])
+    if checkpoint is None and not store.claim_dft_reference({
+            "_id": ref_id, "protocol_id": protocol["id"], "protocol": protocol, "key": phase["key"],
+            "formula": phase["formula"], "kind": phase["kind"], "system": system,
+            "structure_initial": phase["structure"]}):
+        return {"ref_id": ref_id, "status": "skipped", "reason": "computed or being computed elsewhere"}
+    structure = Structure.from_dict(phase["structure"])
+    result = qe.run_chain(structure, protocol, settings, workdir, kind=phase["kind"], checkpoint=checkpoint,
+                          walltime_s=settings.get("walltime_s"))
+    if result["status"] == "checkpoint":
+        return {"ref_id": ref_id, "status": "checkpoint", "checkpoint": result["checkpoint"]}
+    status = "done" if result["status"] == "completed" else "failed"
+    store.finish_dft_reference(ref_id, status, _result_fields(result))
+    update_dft_hulls(store, protocol["id"])
+    return {"ref_id": ref_id, "status": status, "reason": result.get("reason"),
+            "seconds": result.get("seconds"), "pw_seconds": result.get("pw_seconds")}
+
+
+def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Path, env: dict | None = None,
+                      checkpoint: dict | None = None) -> dict:
+    """QE relax -> scf -> nscf band gap for one promoted candidate (starting from its ML-relaxed cell),
+    then its reference phases not yet claimed by anyone, then its DFT hull if all references are done."""
+    from fw_screen import dft, qe
+    from fw_screen import property as prop
+
+    doc = next(store.candidates_for({"_id": candidate_id}, {"campaign": 1, "status": 1, "elements": 1,
+                                                             "targets": 1, "ml": 1}, sort=None), None)
+    if doc is None or doc["status"] != st.PROMOTED:
+        return {"status": "skipped", "reason": f"candidate {candidate_id} is "
+                                               f"{'missing' if doc is None else doc['status']}, not promoted"}
+    spec = store.campaign_spec(doc["campaign"])
+    settings = _qe_settings(spec, env)
+    structure = Structure.from_dict(doc["ml"]["structure_relaxed"])
+    system = "-".join(sorted(doc["elements"]))
+    base = {"code": "qe", "system": system, "start": "ML-relaxed structure"}
+    try:
+        protocol = qe.protocol(doc["elements"], settings)
+    except qe.QEError as exc:
+        store.transition([(candidate_id, st.PROMOTED, st.DFT_FAILED, {"dft": {**base, "reason": str(exc)}})], "dft")
+        return {"status": "failed", "reason": str(exc)}
+    result = qe.run_chain(structure, protocol, settings, Path(workdir) / "candidate", kind="crystal",
+                          checkpoint=checkpoint, walltime_s=settings.get("walltime_s"))
+    if result["status"] == "checkpoint":
+        return {"status": "checkpoint", "checkpoint": result["checkpoint"]}
+    fields = {**base, **_result_fields(result), "protocol_id": protocol["id"], "protocol": protocol}
+    if result["status"] != "completed":
+        store.transition([(candidate_id, st.PROMOTED, st.DFT_FAILED, {"dft": fields})], "dft")
+        return {"status": "failed", "reason": result.get("reason")}
+    gap = (result.get("band_gap") or {}).get("band_gap")
+    fields["hits"] = prop.target_hits(gap, None, doc.get("targets") or {}, spec["property"]["band_gap_tolerance"],
+                                      spec["dft"]["stability_threshold"])
+    ml_gap = ((doc["ml"].get("band_gap") or {}).get("band_gap"))
+    fields["ml_vs_dft"] = {"band_gap_ml": ml_gap, "band_gap_dft": gap,
+                           "band_gap_error": None if ml_gap is None or gap is None else ml_gap - gap}
+    try:
+        phases = dft_reference_phases(store, result["structure"], spec)
+    except Exception as exc:
+        phases, fields["hull_status"], fields["hull_reason"] = [], "not_computed", f"{type(exc).__name__}: {exc}"
+    too_big = [p["formula"] for p in phases if len(p["structure"]) > spec["dft"]["reference_max_sites"]]
+    if too_big:
+        fields["hull_status"] = "not_computed"
+        fields["hull_reason"] = (f"reference phase(s) {', '.join(too_big)} larger than "
+                                 f"dft.reference_max_sites={spec['dft']['reference_max_sites']}")
+    elif phases:
+        fields["hull_status"] = "waiting"
+        fields["references"] = [_reference_id(protocol, p["key"]) for p in phases]
+        fields["reference_phases"] = [{"id": _reference_id(protocol, p["key"]), "formula": p["formula"],
+                                       "kind": p["kind"]} for p in phases]
+    store.transition([(candidate_id, st.PROMOTED, st.DFT_DONE, {"dft": fields})], "dft")
+    inline = []
+    if fields.get("hull_status") == "waiting":
+        for phase in phases:  # references nobody has claimed yet: computed here, so the hull never waits forever
+            ref = run_dft_reference(store, doc["campaign"], system, {**phase, "structure": phase["structure"].as_dict()},
+                                    Path(workdir) / f"ref_{phase['key'].replace(':', '_')}", env)
+            if ref["status"] == "checkpoint":  # out of time: give the claim back for someone else
+                store.finish_dft_reference(ref["ref_id"], "failed", {"reason": "walltime reached (inline run)"})
+            inline.append({k: ref.get(k) for k in ("ref_id", "status")})
+        update_dft_hulls(store, protocol["id"])
+    return {"status": "done", "band_gap": gap, "energy_per_atom": result["energy_per_atom"],
+            "hull_status": fields.get("hull_status"), "inline_references": inline,
+            "seconds": result.get("seconds"), "pw_seconds": result.get("pw_seconds")}
+
+
+def update_dft_hulls(store: ResultsStore, protocol_id: str | None = None) -> int:
+    """Give every DFT-done candidate whose reference phases are all computed its DFT e_above_hull.
+
+    Called after every candidate and reference calculation (whoever finishes last completes the hull);
+    a failed reference fails the hull with its reason.  Returns the number of hulls written.
+    """
+    from fw_screen import dft
+    from fw_screen import property as prop
+
+    written = 0
+    for doc in store.dft_waiting(protocol_id):
+        d = doc["dft"]
+        refs_ = store.dft_reference_docs(d["references"])
+        if any(refs_.get(r, {}).get("status") not in ("done", "failed") for r in d["references"]):
+            continue
+        failed = [f"{r['formula']}: {(r.get('result') or {}).get('reason')}" for r in refs_.values()
+                  if r["status"] == "failed"]
+        if failed:
+            written += store.set_dft_hull(doc["_id"], "waiting", {"hull_status": "failed",
+                                                                  "hull_reason": "reference failed: " + "; ".join(failed)})
+            continue
+        spec = store.campaign_spec(doc["campaign"])
+        refs_in = [{"key": r["key"], "structure": Structure.from_dict(r["result"]["structure_relaxed"]),
+                    "energy_total": r["result"]["energy_total"]} for r in refs_.values()]
+        cand = {"key": doc["_id"], "structure": Structure.from_dict(d["structure_relaxed"]),
+                "energy_total": d["energy_total"]}
+        try:
+            hull = dft.dft_hull(cand, refs_in)
+        except dft.HullError as exc:
+            written += store.set_dft_hull(doc["_id"], "waiting", {"hull_status": "failed", "hull_reason": str(exc)})
+            continue
+        thr = spec["dft"]["stability_threshold"]
+        gap = (d.get("band_gap") or {}).get("band_gap")
+        hits = prop.target_hits(gap, hull["e_above_hull"], doc.get("targets") or {},
+                                spec["property"]["band_gap_tolerance"], thr)
+        ml_e = (doc.get("ml") or {}).get("e_above_hull")
+        written += store.set_dft_hull(doc["_id"], "waiting", {
+            **hull, "hull_status": "done", "stable": hull["e_above_hull"] <= thr, "hits": hits,
+            "ml_vs_dft.e_above_hull_ml": ml_e,
+            "ml_vs_dft.e_above_hull_error": None if ml_e is None else ml_e - hull["e_above_hull"]})
+    return written

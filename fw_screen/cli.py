@@ -148,6 +148,11 @@ def format_report(report: dict) -> str:
         for r in report["by_condition"]:
             lines.append(f"  {r['condition']!s:>22} {r['inputs']:>7} {pct(r['V']):>6} {pct(r['VUN']):>6} "
                          f"{pct(r['VSUN']):>6} {pct(r['hit_among_predicted']):>6} {pct(r['hit_among_VSUN']):>8}")
+    d = report.get("dft") or {}
+    if d:
+        lines.append(f"  DFT: promoted {d['promoted']}, pending {d['pending']}, done {d['done']}, failed {d['failed']}; "
+                     f"DFT hull: done {d['hull_done']}, waiting for references {d['hull_waiting']}, "
+                     f"not computed {d['hull_failed']}; DFT-stable {d['stable']}, DFT band-gap hit {d['band_gap_hit']}")
     if report["first_failure"]:
         lines.append("  invalid by first failing check: " + ", ".join(
             f"{k} {v}" for k, v in sorted(report["first_failure"].items(), key=lambda kv: -kv[1])))
@@ -164,6 +169,36 @@ def format_top(rows: list[dict]) -> str:
                      f"{ml['e_above_hull']:>8.3f} {ml['band_gap']['band_gap']:>6.2f} "
                      f"{'-' if target is None else f'{target:.2f}':>7} {hit.get('hit')}")
     return "\n".join(lines)
+
+
+def format_dft(rows: list[dict]) -> str:
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    lines = [f"  {'candidate':<30} {'formula':<10} {'status':<10} {'ML e_hull':>9} {'DFT e_hull':>10} "
+             f"{'ML gap':>6} {'DFT gap':>7} {'target':>6}  note"]
+    for d in rows:
+        ml, dft = d.get("ml") or {}, d.get("dft") or {}
+        gap = (dft.get("band_gap") or {}).get("band_gap")
+        note = dft.get("reason") or dft.get("hull_reason") or (
+            "hull waits for references" if dft.get("hull_status") == "waiting" else "")
+        lines.append(f"  {d['_id']:<30} {d.get('reduced_formula', '-'):<10} {d['status']:<10} "
+                     f"{num(ml.get('e_above_hull'), '9.3f'):>9} {num(dft.get('e_above_hull'), '10.3f'):>10} "
+                     f"{num((ml.get('band_gap') or {}).get('band_gap'), '6.2f'):>6} {num(gap, '7.2f'):>7} "
+                     f"{num(((d.get('targets') or {}).get('band_gap') or {}).get('value'), '6.2f'):>6}  {note[:60]}")
+    return "\n".join(lines)
+
+
+def cmd_promote(args) -> int:
+    from fw_screen.workflows import promote
+
+    lp_file = resolve_launchpad(args.launchpad, args.home)
+    summary = promote(_launchpad(lp_file), _store(lp_file), args.campaign)
+    print(f"campaign {args.campaign}: {summary['considered']} ML-done candidates considered, {summary['eligible']} "
+          f"eligible, {len(summary['promoted'])} promoted now; DFT Fireworks added: {summary['dft_fireworks']}")
+    if summary["not_eligible"]:
+        print("  not eligible (first failing rule): " + ", ".join(f"{k} {v}" for k, v in summary["not_eligible"].items()))
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -184,6 +219,10 @@ def cmd_status(args) -> int:
                 rows = store.top_candidates(name, args.top)
                 if rows:
                     print(f"\nlowest above the ML hull in {name} (eV/atom; band gap eV):\n{format_top(rows)}")
+        for name in names:
+            rows = store.dft_candidates(name)
+            if rows and args.dft:
+                print(f"\nDFT candidates of {name} (eV/atom; band gap eV):\n{format_dft(rows)}")
     return 0
 
 
@@ -257,7 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     stt.add_argument("-l", "--launchpad")
     stt.add_argument("--json", action="store_true")
     stt.add_argument("--top", type=int, default=0, help="also list the N candidates lowest above the ML hull")
+    stt.add_argument("--dft", action="store_true", help="also list the promoted candidates with ML and DFT numbers")
     stt.set_defaults(func=cmd_status)
+
+    pr = sub.add_parser("promote", help="promote the best ML candidates to DFT and add their DFT Fireworks")
+    pr.add_argument("campaign")
+    pr.add_argument("-l", "--launchpad")
+    pr.set_defaults(func=cmd_promote)
 
     run = sub.add_parser("run", help="run local rlaunch workers until the LaunchPad has no work left")
     run.add_argument("-n", "--workers", type=int, default=2)
@@ -297,7 +342,7 @@ def cmd_demo(args) -> int:
     examples = Path(__file__).resolve().parent.parent / "examples"
     source = args.input or str(examples / "crystallm_pi_generated_8k.parquet")
     ref_sources = args.references if args.references is not None else sorted(
-        str(p) for p in examples.glob("mp_*.json.gz"))
+        str(p) for p in examples.glob("mp*.json.gz"))
     info = server.start(args.home)
     print(f"database: SecantusDB pid {info['pid']} on {info['host']}:{info['port']}")
     lp_file = info["launchpad"]

@@ -36,6 +36,7 @@ REFERENCES = "references"
 ENTRIES = "reference_entries"
 SYSTEMS = "reference_systems"
 LOCKS = "fws_locks"
+DFT_REFERENCES = "dft_references"  # consistently computed reference phases, one run each per protocol
 
 
 def utcnow() -> dt.datetime:
@@ -57,6 +58,7 @@ class ResultsStore:
         self.entries = db[ENTRIES]
         self.systems = db[SYSTEMS]
         self.locks = db[LOCKS]
+        self.dft_references = db[DFT_REFERENCES]
 
     # ------------------------------------------------------------------------------- construction
     @classmethod
@@ -84,6 +86,8 @@ class ResultsStore:
         self.references.create_index("set")
         self.entries.create_index("chemsys")
         c.create_index([("campaign", ASCENDING), ("ml_batch", ASCENDING)])
+        c.create_index([("dft.protocol_id", ASCENDING), ("dft.hull_status", ASCENDING)])
+        self.dft_references.create_index([("protocol_id", ASCENDING), ("key", ASCENDING)])
 
     # ------------------------------------------------------------------------------------ campaigns
     def register_campaign(self, spec: dict) -> dict:
@@ -210,7 +214,7 @@ class ResultsStore:
                  "valid": count({"$in": ["$status", valid]}),
                  "unique": count({"$in": ["$status", [st.KNOWN, *st.NOVEL_OR_LATER]]}),
                  "novel": count({"$in": ["$status", list(st.NOVEL_OR_LATER)]}),
-                 "ml_done": count({"$eq": ["$status", st.ML_DONE]}),
+                 "ml_done": count({"$in": ["$status", list(st.ML_DONE_OR_LATER)]}),
                  "stable": count(stable),
                  "band_gap_predicted": count({"$in": ["$ml.hits.band_gap.hit", [True, False]]}),
                  "band_gap_hit": count(hit),
@@ -223,7 +227,7 @@ class ResultsStore:
         """The ``n`` ML-done candidates lowest above the hull (an indexed sort would want ml.e_above_hull)."""
         fields = {"reduced_formula": 1, "spacegroup": 1, "nsites": 1, "ml.e_above_hull": 1,
                   "ml.band_gap.band_gap": 1, "ml.hits.band_gap": 1, "ml.hull.decomposition": 1}
-        return list(self.candidates.find({"campaign": campaign, "status": st.ML_DONE}, fields)
+        return list(self.candidates.find({"campaign": campaign, "status": {"$in": list(st.ML_DONE_OR_LATER)}}, fields)
                     .sort("ml.e_above_hull", ASCENDING).limit(n))
 
     def failure_counts(self, campaign: str) -> dict[str, int]:
@@ -270,6 +274,10 @@ class ResultsStore:
 
         return systems_containing(elements, self.system_names())
 
+    def unary_systems(self) -> set[str]:
+        """Elements with at least one reference entry of their own (a complete one-element system)."""
+        return set(self.entries.distinct("chemsys", {"elements": {"$size": 1}}))
+
     def system_names(self) -> list[str]:
         return sorted(d["_id"] for d in self.systems.find({}, {"_id": 1}))
 
@@ -291,6 +299,82 @@ class ResultsStore:
     def unbatched_novel(self, campaign: str) -> list[str]:
         return [d["_id"] for d in self.candidates.find(
             {"campaign": campaign, "status": st.NOVEL, "ml_batch": {"$exists": False}}, {"_id": 1}).sort("seq", 1)]
+
+    # ------------------------------------------------------------------------------------------ DFT
+    def ml_done_for_promotion(self, campaign: str) -> list[dict]:
+        """ML-done candidates of a campaign with what promotion needs to decide."""
+        fields = {"ml.e_above_hull": 1, "ml.relax.status": 1, "ml.hits": 1, "ml.band_gap.band_gap": 1,
+                  "ml.structure_relaxed.sites.label": 1, "nsites": 1, "targets": 1, "elements": 1}
+        return list(self.candidates.find({"campaign": campaign, "status": st.ML_DONE}, fields))
+
+    def promoted_per_condition(self, campaign: str) -> dict:
+        """{str(band-gap target): n} of candidates promoted in earlier rounds."""
+        pipeline = [{"$match": {"campaign": campaign, "status": {"$in": [st.PROMOTED, st.DFT_DONE, st.DFT_FAILED]}}},
+                    {"$group": {"_id": "$targets.band_gap.value", "n": {"$sum": 1}}}]
+        return {str(d["_id"]): d["n"] for d in self.candidates.aggregate(pipeline)}
+
+    def dft_summary(self, campaign: str) -> dict:
+        """Counts of the DFT stage in one aggregation: hull states, DFT-stable, DFT band-gap hits."""
+        def count(cond):
+            return {"$sum": {"$cond": [cond, 1, 0]}}
+
+        group = {"_id": None, "promoted": {"$sum": 1},
+                 "pending": count({"$eq": ["$status", st.PROMOTED]}),
+                 "done": count({"$eq": ["$status", st.DFT_DONE]}),
+                 "failed": count({"$eq": ["$status", st.DFT_FAILED]}),
+                 "hull_done": count({"$eq": ["$dft.hull_status", "done"]}),
+                 "hull_waiting": count({"$eq": ["$dft.hull_status", "waiting"]}),
+                 "hull_failed": count({"$in": ["$dft.hull_status", ["failed", "not_computed"]]}),
+                 "stable": count({"$eq": ["$dft.stable", True]}),
+                 "band_gap_hit": count({"$eq": ["$dft.hits.band_gap.hit", True]})}
+        rows = list(self.candidates.aggregate([
+            {"$match": {"campaign": campaign, "status": {"$in": [st.PROMOTED, st.DFT_DONE, st.DFT_FAILED]}}},
+            {"$group": group}]))
+        return {k: v for k, v in rows[0].items() if k != "_id"} if rows else {}
+
+    def dft_candidates(self, campaign: str) -> list[dict]:
+        """Promoted candidates with their ML and DFT numbers, lowest DFT e_above_hull first."""
+        fields = {"reduced_formula": 1, "status": 1, "ml.e_above_hull": 1, "ml.band_gap.band_gap": 1,
+                  "targets.band_gap.value": 1, "promotion.reason": 1, "dft.e_above_hull": 1,
+                  "dft.band_gap": 1, "dft.hull_status": 1, "dft.hull_reason": 1, "dft.reason": 1,
+                  "dft.hits.band_gap.hit": 1, "dft.decomposition": 1, "dft.structure_relaxed.sites.label": 1}
+        return list(self.candidates.find({"campaign": campaign, "status": {"$in": [
+            st.PROMOTED, st.DFT_DONE, st.DFT_FAILED]}}, fields).sort([("dft.e_above_hull", ASCENDING), ("_id", ASCENDING)]))
+
+    def claim_dft_reference(self, doc: dict) -> bool:
+        """Claim a reference calculation (``_id`` = protocol id + phase key); False when someone has it.
+
+        A failed claim (status ``failed``) may be taken again: the first run's reason is kept in ``history``."""
+        try:
+            self.dft_references.insert_one({**doc, "status": "running", "claimed": utcnow(), "attempts": 1})
+            return True
+        except DuplicateKeyError:
+            res = self.dft_references.update_one(
+                {"_id": doc["_id"], "status": "failed"},
+                {"$set": {"status": "running", "claimed": utcnow(), "owner": doc.get("owner")},
+                 "$inc": {"attempts": 1}, "$push": {"history": {"at": utcnow(), "event": "reclaimed"}}})
+            return res.modified_count == 1
+
+    def finish_dft_reference(self, ref_id: str, status: str, result: dict) -> None:
+        self.dft_references.update_one({"_id": ref_id}, {"$set": {"status": status, "result": result,
+                                                                  "finished": utcnow()}})
+
+    def dft_reference_docs(self, ref_ids: list[str]) -> dict[str, dict]:
+        return {d["_id"]: d for d in self.dft_references.find({"_id": {"$in": list(ref_ids)}})}
+
+    def dft_waiting(self, protocol_id: str | None = None) -> list[dict]:
+        """DFT-done candidates whose hull waits for reference calculations."""
+        query = {"status": st.DFT_DONE, "dft.hull_status": "waiting"}
+        if protocol_id:
+            query["dft.protocol_id"] = protocol_id
+        return list(self.candidates.find(query, {"dft": 1, "targets": 1, "campaign": 1, "ml.e_above_hull": 1}))
+
+    def set_dft_hull(self, candidate_id: str, expected_status: str, fields: dict) -> bool:
+        """Set DFT hull fields of a DFT-done candidate once (guarded by the current hull status)."""
+        res = self.candidates.update_one({"_id": candidate_id, "status": st.DFT_DONE,
+                                          "dft.hull_status": expected_status},
+                                         {"$set": {**{f"dft.{k}": v for k, v in fields.items()}, "updated": utcnow()}})
+        return res.modified_count == 1
 
     # --------------------------------------------------------------------------------------- locks
     def acquire_lock(self, name: str, lease_s: float = 300, wait_s: float = 3600, poll_s: float = 0.5) -> str:

@@ -97,5 +97,63 @@ class StabilityTask(FiretaskBase):
         # one thread per worker process: parallelism comes from more rlaunch processes; two torch
         # threads per process on a busy 2-core node made predictions ~100x slower (measured)
         torch.set_num_threads(int(os.environ.get("FW_SCREEN_TORCH_THREADS", "1")))
-        counts = campaign.run_stability(_store(self, fw_spec), self["campaign"], self["ml_batch"])
-        return FWAction(stored_data=counts)
+        store = _store(self, fw_spec)
+        counts = campaign.run_stability(store, self["campaign"], self["ml_batch"])
+        additions = None
+        spec = store.campaign_spec(self["campaign"])
+        if spec["promotion"]["auto"] and campaign.ml_stage_finished(store, self["campaign"]):
+            # the last ML batch of a campaign promotes its best candidates and adds their DFT Fireworks
+            from fw_screen.workflows import dft_workflow
+
+            promoted = campaign.run_promotion(store, self["campaign"])
+            counts["promoted"] = len(promoted["promoted"])
+            wf = dft_workflow(store, promoted["promoted"], db_file=self.get("db_file"))
+            additions = [wf] if wf else None
+        return FWAction(stored_data=counts, additions=additions)
+
+
+def _dft_env(fw_spec: dict) -> dict:
+    """The FWorker env (pw_cmd, mpi_cmd, pseudo_dir ...), as atomate reads >>vasp_cmd<<."""
+    return dict(fw_spec.get("_fw_env") or {})
+
+
+def _continuation(task: FiretaskBase, fw_spec: dict, checkpoint: dict) -> FWAction:
+    """Wall time reached: the same task, resumed from ``checkpoint``, as a new Firework (any DFT worker)."""
+    from fireworks import Firework
+
+    params = {k: v for k, v in task.items() if k != "checkpoint"}
+    new_spec = {k: v for k, v in fw_spec.items() if not k.startswith("_") or k in ("_category", "_priority")}
+    new_spec["continuation"] = int(fw_spec.get("continuation", 0)) + 1
+    fw = Firework(type(task)(checkpoint=checkpoint, **params), spec=new_spec,
+                  name=f"{fw_spec.get('stage', 'dft')} continuation {new_spec['continuation']}")
+    return FWAction(stored_data={"status": "checkpoint"}, additions=[fw])
+
+
+@explicit_serialize
+class QECandidateTask(FiretaskBase):
+    """Quantum ESPRESSO relax, band gap and (when its references are done) DFT hull of one promoted candidate."""
+
+    required_params = ["candidate"]
+    optional_params = ["db_file", "checkpoint"]
+
+    def run_task(self, fw_spec):
+        out = campaign.run_dft_candidate(_store(self, fw_spec), self["candidate"], os.getcwd(), _dft_env(fw_spec),
+                                         checkpoint=self.get("checkpoint"))
+        if out["status"] == "checkpoint":
+            return _continuation(self, fw_spec, out["checkpoint"])
+        return FWAction(stored_data=out)
+
+
+@explicit_serialize
+class QEReferenceTask(FiretaskBase):
+    """One reference phase of a chemical system, computed with that system's QE protocol (once)."""
+
+    required_params = ["campaign", "system", "phase"]
+    optional_params = ["db_file", "checkpoint"]
+
+    def run_task(self, fw_spec):
+        out = campaign.run_dft_reference(_store(self, fw_spec), self["campaign"], self["system"], self["phase"],
+                                         os.getcwd(), _dft_env(fw_spec), checkpoint=self.get("checkpoint"))
+        if out["status"] == "checkpoint":
+            return _continuation(self, fw_spec, out["checkpoint"])
+        return FWAction(stored_data=out)

@@ -130,6 +130,31 @@ def validate(spec: dict) -> dict:
         raise SpecError("property.band_gap_model: expected a model name or a folder path")
     _number(spec, "property.band_gap_fidelity", 0, integer=True)
     _number(spec, "property.band_gap_tolerance", 0)
+    pro = spec["promotion"]
+    for key in ("auto", "require_target_hit", "require_converged"):
+        if not isinstance(pro[key], bool):
+            raise SpecError(f"promotion.{key}: expected true or false, got {pro[key]!r}")
+    _number(spec, "promotion.max_e_above_hull")
+    for key in ("max_sites", "max_per_condition", "max_total"):
+        _number(spec, f"promotion.{key}", 1, integer=True)
+    dft = spec["dft"]
+    if dft["code"] not in ("qe", "vasp"):
+        raise SpecError(f"dft.code: expected qe or vasp, got {dft['code']!r}")
+    _number(spec, "dft.stability_threshold", 0)
+    _number(spec, "dft.reference_max_sites", 1, integer=True)
+    _number(spec, "dft.reference_polymorph_tolerance", 0, 1)
+    qe = dft["qe"]
+    for key in ("pw_cmd", "mpi_cmd", "pseudo_dir", "smearing"):
+        if qe[key] is not None and not isinstance(qe[key], str):
+            raise SpecError(f"dft.qe.{key}: expected a string or null, got {qe[key]!r}")
+    for key in ("ecutwfc", "ecutrho", "walltime_s"):
+        if qe[key] is not None:
+            _number(spec, f"dft.qe.{key}", 1)
+    for key in ("default_ecutwfc", "default_ecutrho", "kppa", "nscf_kppa", "degauss", "conv_thr_per_atom",
+                "mixing_beta", "press_conv_thr", "forc_conv_thr", "molecule_box"):
+        _number(spec, f"dft.qe.{key}", 0)
+    for key in ("electron_maxstep", "nstep", "max_errors"):
+        _number(spec, f"dft.qe.{key}", 1, integer=True)
     for key in ("category_cheap", "category_ml", "category_dft"):
         if not isinstance(spec["fireworks"][key], str):
             raise SpecError(f"fireworks.{key}: expected a category name")

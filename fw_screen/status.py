@@ -8,8 +8,10 @@
                      └───► novel ──► ml_done        (stability: relaxed, e_above_hull, band gap, hits)
                                  ├─► no_reference   (no reference entries for an element: named)
                                  └─► ml_failed      (relaxation exploded / timed out / unsupported element)
+                     ml_done ──► promoted ──► dft_done    (DFT relax, band gap, DFT e_above_hull)
+                                          └─► dft_failed  (pw.x/VASP error, missing pseudopotential: reason)
 
-Terminal states are never left.  Later stages extend ``TRANSITIONS`` from ``ml_done``.
+Terminal states are never left; ``ml_done`` is left only by promotion to DFT (reason stored).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ NOVEL = "novel"
 ML_DONE = "ml_done"
 NO_REFERENCE = "no_reference"
 ML_FAILED = "ml_failed"
+PROMOTED = "promoted"
+DFT_DONE = "dft_done"
+DFT_FAILED = "dft_failed"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     INGESTED: frozenset({INVALID, VALID}),
@@ -31,15 +36,21 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     INVALID: frozenset(),
     DUPLICATE: frozenset(),
     KNOWN: frozenset(),
-    ML_DONE: frozenset(),
+    ML_DONE: frozenset({PROMOTED}),
+    PROMOTED: frozenset({DFT_DONE, DFT_FAILED}),
+    DFT_DONE: frozenset(),
+    DFT_FAILED: frozenset(),
     NO_REFERENCE: frozenset(),
     ML_FAILED: frozenset(),
 }
 
 #: display order for funnel tables
-ORDER = (INGESTED, INVALID, VALID, DUPLICATE, KNOWN, NOVEL, ML_DONE, NO_REFERENCE, ML_FAILED)
+ORDER = (INGESTED, INVALID, VALID, DUPLICATE, KNOWN, NOVEL, ML_DONE, NO_REFERENCE, ML_FAILED, PROMOTED, DFT_DONE,
+         DFT_FAILED)
 #: statuses of candidates that were novel (the ML stage may have moved them on)
-NOVEL_OR_LATER = (NOVEL, ML_DONE, NO_REFERENCE, ML_FAILED)
+NOVEL_OR_LATER = (NOVEL, ML_DONE, NO_REFERENCE, ML_FAILED, PROMOTED, DFT_DONE, DFT_FAILED)
+#: statuses of candidates with an ML result (promotion keeps it)
+ML_DONE_OR_LATER = (ML_DONE, PROMOTED, DFT_DONE, DFT_FAILED)
 
 
 class TransitionError(ValueError):
@@ -60,5 +71,7 @@ def funnel(counts: dict[str, int]) -> dict[str, int]:
     unique = n[KNOWN] + novel
     return {"inputs": total, "pending_validity": n[INGESTED], "invalid": n[INVALID], "valid": valid,
             "pending_uniqueness": n[VALID], "duplicate": n[DUPLICATE], "unique": unique, "known": n[KNOWN],
-            "novel": novel, "pending_ml": n[NOVEL], "ml_done": n[ML_DONE], "no_reference": n[NO_REFERENCE],
-            "ml_failed": n[ML_FAILED]}
+            "novel": novel, "pending_ml": n[NOVEL], "ml_done": n[ML_DONE] + n[PROMOTED] + n[DFT_DONE] + n[DFT_FAILED],
+            "no_reference": n[NO_REFERENCE], "ml_failed": n[ML_FAILED],
+            "promoted": n[PROMOTED] + n[DFT_DONE] + n[DFT_FAILED], "pending_dft": n[PROMOTED],
+            "dft_done": n[DFT_DONE], "dft_failed": n[DFT_FAILED]}

@@ -2,7 +2,9 @@
 
 A submission of N candidates becomes ceil(N / batch_size) validity Fireworks (category ``cheap``), all
 parents of ``dedup_shards`` uniqueness Fireworks; each uniqueness Firework adds, when it has decided, one
-stability Firework (category ``ml``) per ``ml.batch_size`` novel candidates.  Two ways in:
+stability Firework (category ``ml``) per ``ml.batch_size`` novel candidates; the last stability Firework
+of a campaign promotes its best candidates and adds their DFT workflow (category ``dft``): one Firework
+per distinct reference phase (higher priority) and one per promoted candidate.  Two ways in:
 
 * :func:`stage_workflow` after the CLI has ingested client-side (``fw-screen submit``);
 * :func:`ingest_workflow`, a one-Firework workflow that ingests on a worker and adds the stage Fireworks
@@ -15,7 +17,8 @@ from pathlib import Path
 
 from fireworks import Firework, Workflow
 
-from fw_screen.firetasks import IngestTask, StabilityTask, UniquenessTask, ValidityTask
+from fw_screen.firetasks import (IngestTask, QECandidateTask, QEReferenceTask, StabilityTask, UniquenessTask,
+                                 ValidityTask)
 
 
 def _task_kwargs(db_file: str | None) -> dict:
@@ -87,3 +90,72 @@ def promote_to_ml(launchpad, store, campaign: str, db_file: str | None = None) -
     if fws:
         launchpad.add_wf(Workflow(fws, name=f"fw-screen {campaign} ML", metadata={"campaign": campaign}))
     return batches
+
+
+#: FireWorks priorities: reference phases first, so candidates' hulls complete early
+PRIORITY_REFERENCE, PRIORITY_CANDIDATE = 20, 10
+
+
+def dft_workflow(store, candidate_ids: list[str], db_file: str | None = None) -> Workflow | None:
+    """DFT Fireworks (category ``dft``) for promoted candidates: QE reference phases and candidates, or
+    atomate's VASP workflows when the campaign's ``dft.code`` is vasp.  None when nothing is promoted."""
+    from fw_screen.campaign import dft_jobs
+
+    if not candidate_ids:
+        return None
+    jobs = dft_jobs(store, candidate_ids)
+    kw = _task_kwargs(db_file)
+    fws, campaigns = [], sorted({c["campaign"] for c in jobs["candidates"]})
+    vasp_wfs = []
+    for ref in jobs["references"]:
+        spec = store.campaign_spec(ref["campaign"])
+        phase = {k: ref[k] for k in ("key", "formula", "kind", "structure")}
+        fws.append(Firework(QEReferenceTask(campaign=ref["campaign"], system=ref["system"], phase=phase, **kw),
+                            name=f"qe reference {ref['system']} {ref['formula']}",
+                            spec={"_category": spec["fireworks"]["category_dft"], "_priority": PRIORITY_REFERENCE,
+                                  "campaign": ref["campaign"], "stage": "dft_reference", "system": ref["system"]}))
+    for cand in jobs["candidates"]:
+        spec = store.campaign_spec(cand["campaign"])
+        if spec["dft"]["code"] == "vasp":
+            from fw_screen import vasp
+
+            doc = next(store.candidates_for({"_id": cand["id"]}, sort=None))
+            vasp_wfs.append(vasp.vasp_workflow(doc, spec["dft"]["vasp"]["db_file"] or ">>db_file<<",
+                                               vasp_cmd=spec["dft"]["vasp"]["vasp_cmd"],
+                                               category=spec["fireworks"]["category_dft"], results_db_file=db_file))
+            continue
+        fws.append(Firework(QECandidateTask(candidate=cand["id"], **kw), name=f"qe candidate {cand['id']}",
+                            spec={"_category": spec["fireworks"]["category_dft"], "_priority": PRIORITY_CANDIDATE,
+                                  "campaign": cand["campaign"], "stage": "dft", "candidate": cand["id"]}))
+    for wf in vasp_wfs:
+        fws.extend(wf.fws)  # unconnected sub-workflows in one Workflow keep their own links
+    if not fws:
+        return None
+    links = {}
+    for wf in vasp_wfs:
+        for parent, children in wf.links.items():
+            links.setdefault(parent, []).extend(children)
+    by_id = {fw.fw_id: fw for fw in fws}
+    links_dict = {by_id[p]: [by_id[c] for c in cs] for p, cs in links.items() if cs}
+    return Workflow(fws, links_dict=links_dict or None, name=f"fw-screen {' '.join(campaigns)} DFT",
+                    metadata={"campaign": campaigns[0] if len(campaigns) == 1 else campaigns,
+                              "stage": "dft", "candidates": len(jobs["candidates"])})
+
+
+def promote(launchpad, store, campaign: str, db_file: str | None = None) -> dict:
+    """``fw-screen promote``: promote by the campaign's rules and add the DFT workflow to the LaunchPad.
+
+    Candidates promoted earlier that have no DFT Firework yet (an interrupted run) get one too."""
+    from fw_screen.campaign import run_promotion
+
+    summary = run_promotion(store, campaign)
+    have = set(launchpad.fireworks.distinct("spec.candidate", {"spec.campaign": campaign, "spec.stage": "dft"}))
+    have |= set(launchpad.fireworks.distinct("spec.candidate", {"spec.campaign": campaign, "spec.stage": "dft_vasp"}))
+    waiting = [d["_id"] for d in store.candidates_for({"campaign": campaign, "status": "promoted"}, {"_id": 1})]
+    todo = [c for c in waiting if c not in have]
+    wf = dft_workflow(store, todo, db_file)
+    if wf is not None:
+        launchpad.add_wf(wf)
+    summary["dft_fireworks"] = len(wf.fws) if wf else 0
+    summary["dft_candidates"] = todo
+    return summary

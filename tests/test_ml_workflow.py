@@ -37,13 +37,26 @@ def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpa
     assert ml_fws >= 1
     assert launch_workers(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["ml"]), 1,
                           tmp_path / "ml", sleep=1) == [0]
-    states = {fw["state"] for fw in launchpad.fireworks.find({}, {"state": 1})}
+    states = {fw["state"] for fw in launchpad.fireworks.find({"spec.stage": {"$nin": ["dft", "dft_reference"]}})}
     assert states == {"COMPLETED"}
+    # the last ML Firework promoted the best candidates (spec rules) and added their DFT Fireworks
+    promoted = list(store.candidates.find({"campaign": "test", "status": st.PROMOTED}))
+    for d in promoted:
+        assert d["ml"]["e_above_hull"] <= spec["promotion"]["max_e_above_hull"]
+        assert d["ml"]["hits"]["band_gap"]["hit"] is True
+        assert "by ML e_above_hull in condition" in d["promotion"]["reason"]
+        assert d["promotion"]["rank"] <= spec["promotion"]["max_per_condition"]
+    dft_fws = {fw["spec"]["candidate"]: fw["state"] for fw in launchpad.fireworks.find({"spec.stage": "dft"})}
+    assert dft_fws == {d["_id"]: "READY" for d in promoted}
+    for d in store.candidates.find({"campaign": "test", "status": st.ML_DONE}):  # not promoted: a rule says why
+        from fw_screen.promotion import check
+        assert not check(d, spec["promotion"])[0] or d["targets"]["band_gap"]["value"] in {
+            p["targets"]["band_gap"]["value"] for p in promoted}
 
     docs = {d["reduced_formula"]: d for d in store.candidates.find({"campaign": "test"})}
     for formula in ("NaFeO2", "Na3P", "LiNiO2"):
         d = docs[formula]
-        assert d["status"] == st.ML_DONE, (formula, d.get("ml"))
+        assert d["status"] in (st.ML_DONE, st.PROMOTED), (formula, d.get("ml"))
         ml = d["ml"]
         assert ml["potential"] == "chgnet" and ml["relax"]["status"] in ("converged", "not_converged")
         assert ml["relax"]["steps"] <= spec["ml"]["max_steps"]

@@ -1,0 +1,85 @@
+"""Promotion: which ML survivors are worth DFT (pure functions: candidate documents in, choices out).
+
+Rules come from the spec's ``promotion`` section.  A candidate is eligible when its ML relaxation
+converged, its ML energy above hull (relaxed) is at most ``max_e_above_hull``, its ML band gap hits the
+generator's target (when it was given one and ``require_target_hit``), its relaxed cell has at most
+``max_sites`` sites, and its chemical system has reference entries (``no_reference`` candidates never
+reach ``ml_done``).  Eligible candidates are ranked by ML e_above_hull within their band-gap condition;
+at most ``max_per_condition`` per condition (counting those promoted in earlier rounds) and
+``max_total`` per round are chosen.  Every choice carries the reason it was chosen, in words and numbers.
+"""
+
+from __future__ import annotations
+
+
+def _sites(doc: dict) -> int | None:
+    relaxed = (doc.get("ml") or {}).get("structure_relaxed") or {}
+    return len(relaxed.get("sites") or []) or doc.get("nsites")
+
+
+def _condition(doc: dict):
+    return ((doc.get("targets") or {}).get("band_gap") or {}).get("value")
+
+
+def check(doc: dict, rules: dict) -> tuple[bool, list[str]]:
+    """(eligible, reasons): the reasons it is not, or the rules it passed when it is."""
+    ml = doc.get("ml") or {}
+    passed, failed = [], []
+    e_hull = ml.get("e_above_hull")
+    if e_hull is None:
+        failed.append("no ML energy above hull")
+    elif e_hull <= rules["max_e_above_hull"]:
+        passed.append(f"ML e_above_hull {e_hull:.3f} <= {rules['max_e_above_hull']} eV/atom")
+    else:
+        failed.append(f"ML e_above_hull {e_hull:.3f} > {rules['max_e_above_hull']} eV/atom")
+    if rules["require_converged"]:
+        status = (ml.get("relax") or {}).get("status")
+        (passed if status == "converged" else failed).append(f"ML relaxation {status}")
+    hit = ((ml.get("hits") or {}).get("band_gap") or {})
+    if rules["require_target_hit"] and _condition(doc) is not None:
+        gap = (ml.get("band_gap") or {}).get("band_gap")
+        words = f"ML band gap {gap if gap is None else round(gap, 2)} eV vs target {_condition(doc)} eV"
+        (passed if hit.get("hit") is True else failed).append(words + (" (hit)" if hit.get("hit") else " (miss)"))
+    n = _sites(doc)
+    if n is None or n > rules["max_sites"]:
+        failed.append(f"{n} sites > {rules['max_sites']}")
+    else:
+        passed.append(f"{n} sites <= {rules['max_sites']}")
+    return (not failed, passed if not failed else failed)
+
+
+def select(docs: list[dict], rules: dict, already_promoted: dict | None = None) -> tuple[list[dict], dict]:
+    """Choose candidates to promote from ``ml_done`` documents.
+
+    ``already_promoted``: {condition: n} promoted in earlier rounds (they count toward
+    ``max_per_condition``).  Returns (choices, summary): each choice is
+    {"_id", "condition", "rank", "e_above_hull", "reason", "rules"}; the summary counts eligible candidates
+    and the first reason of each ineligible one.
+    """
+    already = dict(already_promoted or {})
+    eligible, rejected = [], {}
+    for doc in docs:
+        ok, reasons = check(doc, rules)
+        if ok:
+            eligible.append((doc, reasons))
+        else:
+            key = reasons[0].split(" ")[0:2]
+            rejected[" ".join(key)] = rejected.get(" ".join(key), 0) + 1
+    eligible.sort(key=lambda item: (item[0]["ml"]["e_above_hull"], item[0]["_id"]))
+    choices, rank = [], {}
+    for doc, reasons in eligible:
+        if len(choices) >= rules["max_total"]:
+            break
+        cond = _condition(doc)
+        key = str(cond)
+        if already.get(key, 0) >= rules["max_per_condition"]:
+            continue
+        already[key] = already.get(key, 0) + 1
+        rank[key] = rank.get(key, 0) + 1
+        choices.append({
+            "_id": doc["_id"], "condition": cond, "rank": rank[key], "e_above_hull": doc["ml"]["e_above_hull"],
+            "reason": "; ".join(reasons) + f"; rank {rank[key]} by ML e_above_hull in condition {cond}",
+            "rules": dict(rules)})
+    summary = {"considered": len(docs), "eligible": len(eligible), "chosen": len(choices),
+               "not_eligible": rejected}
+    return choices, summary
