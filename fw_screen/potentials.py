@@ -19,6 +19,11 @@ Every model here runs offline: CHGNet and SevenNet weights ship in their wheels;
 local matgl model folder (``ml.model_dir`` in the spec, or ``$FW_SCREEN_MODEL_DIR``), never downloaded.
 Each model knows a fixed set of elements (:data:`POTENTIALS` ``elements``); a structure with any other
 element is a recorded failure (:func:`unsupported_elements`), not a crash.
+
+M3GNet-MP-2021.2.8 was trained with DGL-era matgl; matgl 4 (PyG) loads it but aggregates the node messages
+onto the other end of each edge, which breaks every compound.  :func:`load_matgl_calculator` detects such
+checkpoints and restores the DGL rule (:func:`use_dgl_node_aggregation`).  Every loaded model must pass a
+rock-salt LiF energy check (:func:`self_check`) before it is used.
 """
 
 from __future__ import annotations
@@ -131,11 +136,7 @@ def _load(name: str, folder: Path | None):
             from sevenn.calculator import SevenNetCalculator
             return SevenNetCalculator(info["checkpoint"], device="cpu")
         if package == "matgl":
-            import matgl
-            from matgl.ext.ase import PESCalculator
-            model = matgl.load_model(str(folder))
-            # stresses in eV/A^3: FrechetCellFilter mixes them with forces (GPa would be 160x too stiff)
-            return PESCalculator(model, stress_unit="eV/A3")
+            return load_matgl_calculator(folder)
     except ImportError as exc:
         raise PotentialError(f"potential {name!r} needs the Python package {package!r}: {exc}") from exc
     except PotentialError:
@@ -145,6 +146,88 @@ def _load(name: str, folder: Path | None):
                 f" (its weights should ship in the {package} package; is the install complete?)")
         raise PotentialError(f"could not load potential {name!r}: {type(exc).__name__}: {exc}{hint}") from exc
     raise PotentialError(f"potential {name!r}: no loader for package {package!r}")
+
+
+# ------------------------------------------------------------------------------------------ matgl / M3GNet
+#: a key of the DGL AtomRef buffer, present only in the state.pt of checkpoints saved by DGL-era matgl (< 2.0)
+DGL_ERA_STATE_KEY = "element_refs.onehot"
+
+
+def is_dgl_era_checkpoint(folder: str | os.PathLike) -> bool:
+    """Was the matgl model folder saved by DGL-era matgl?  Its ``state.pt`` then holds a key ending in
+    :data:`DGL_ERA_STATE_KEY` (the DGL AtomRef one-hot buffer, the "unexpected key" matgl 4 reports on load)."""
+    import torch
+
+    state = Path(folder) / "state.pt"
+    if not state.is_file():
+        return False
+    keys = torch.load(state, map_location="cpu", weights_only=True).keys()
+    return any(k.endswith(DGL_ERA_STATE_KEY) for k in keys)
+
+
+def _m3gnet_node_update_onto_dst(self, edge_index, edge_feat, node_feat, rbf, u_per_edge, num_nodes):
+    """``M3GNetGraphConv.node_update_`` of matgl 4.1.2 with the DGL-era aggregation: the message of edge
+    src -> dst is summed onto ``dst`` (matgl 4.1.2 sums it onto ``src``)."""
+    import torch
+    from matgl.utils.maths import scatter_add
+
+    src, dst = edge_index[0], edge_index[1]
+    parts = [node_feat[src], node_feat[dst], edge_feat]
+    if self.include_state:
+        parts.append(u_per_edge)
+    mess = self.node_update_func(torch.hstack(parts)) * self.node_weight_func(rbf)
+    return scatter_add(mess, dst, dim_size=num_nodes, dim=0)
+
+
+def use_dgl_node_aggregation(model) -> int:
+    """Make the M3GNet graph convolutions of ``model`` sum node messages onto the edge's destination atom, as
+    the DGL-era matgl these checkpoints were trained with did.  Returns the number of layers changed.
+
+    Root cause: DGL-era matgl (``matgl/layers/_graph_convolution.py``, ``M3GNetGraphConv.node_update_``,
+    before the PyG port) computed the message ``phi([v_src, v_dst, e]) * W(rbf)`` of every edge src -> dst and
+    aggregated it with ``graph.update_all(fn.copy_e("mess", "mess"), fn.sum("mess", "ve"))``, i.e. onto
+    **dst**, so the atom being updated sits in the second node slot.  matgl 4.1.2 (PyG only,
+    ``matgl/layers/_graph_convolution.py``, ``M3GNetGraphConv.node_update_``, ~line 502:
+    ``scatter_add(mess, src, ...)``, "post-#761 aggregation convention") sums the same message onto **src**.
+    It loads the old weights without complaint, but every node update then sees the neighbour where the
+    weights expect the atom itself.  In one-element crystals whose bonds are all inversion-symmetric (Si, Ni)
+    both rules give the same numbers; for compounds the energies are garbage (M3GNet-MP-2021.2.8-PES: LiF
+    +1.07 eV/atom instead of -4.83).  With the DGL rule the model reproduces the lattice constants of its own
+    README (NaCl 5.691, MgO 4.261, TiN 4.257 A) and LiF -4.83 eV/atom.
+
+    Only the instances in ``model`` change (a bound method per layer; the matgl class is untouched), the
+    weights are unchanged, and a second call changes nothing.  Apply it only to DGL-era checkpoints
+    (:func:`is_dgl_era_checkpoint`): a model trained with matgl 4's own rule must keep it.
+    """
+    import types
+
+    from matgl.layers._graph_convolution import M3GNetGraphConv
+
+    changed = 0
+    for layer in model.modules():
+        if isinstance(layer, M3GNetGraphConv) and not getattr(layer, "_fw_dgl_node_aggregation", False):
+            layer.node_update_ = types.MethodType(_m3gnet_node_update_onto_dst, layer)
+            layer._fw_dgl_node_aggregation = True
+            changed += 1
+    return changed
+
+
+def load_matgl_calculator(folder: str | os.PathLike, dgl_aggregation: bool | None = None):
+    """An ASE calculator of the matgl potential in ``folder`` (loaded from disk only).
+
+    ``dgl_aggregation``: None (the default) applies :func:`use_dgl_node_aggregation` when the folder is a
+    DGL-era checkpoint (:func:`is_dgl_era_checkpoint`); True / False force it on / off (tests).
+    """
+    import matgl
+    from matgl.ext.ase import PESCalculator
+
+    model = matgl.load_model(str(folder))
+    if dgl_aggregation is None:
+        dgl_aggregation = is_dgl_era_checkpoint(folder)
+    if dgl_aggregation:
+        use_dgl_node_aggregation(model)
+    # stresses in eV/A^3: FrechetCellFilter mixes them with forces (GPa would be 160x too stiff)
+    return PESCalculator(model, stress_unit="eV/A3")
 
 
 _CACHE: dict[tuple[str, str | None], object] = {}
@@ -169,7 +252,8 @@ def get_calculator(name: str, model_dir: str | os.PathLike | None = None):
 
 #: load-time canary: rock-salt LiF (a = 4.03 A), whose MP energy is -4.85 eV/atom raw GGA and -5.08 eV/atom
 #: with MP2020; a potential outside this window is broken in this installation (e.g. M3GNet-MP-2021.2.8 under
-#: matgl 4.1.2 gives +1.07 eV/atom for LiF while its elemental energies are right)
+#: matgl 4.1.2 gives +1.07 eV/atom for LiF, while its elemental energies are right, unless loaded with
+#: :func:`use_dgl_node_aggregation`: -4.83)
 SELF_CHECK_WINDOW = (-5.6, -4.4)
 
 

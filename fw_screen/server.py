@@ -7,7 +7,9 @@ project-local state folder (``$FW_SCREEN_HOME``, default ``./.fw-screen``), wait
 * ``launchpad.yaml``: for ``lpad -l``, ``rlaunch -l``, ``qlaunch -l`` (``retryWrites: false``: SecantusDB's
   retryable-write bookkeeping grows with every write and slows the server ~4x over a campaign);
 * ``fworker_cheap.yaml``, ``fworker_ml.yaml``, ``fworker_dft.yaml``, ``fworker_all.yaml``: FWorkers whose
-  ``env.db_file`` points the FireTasks at the same database.
+  ``env.db_file`` points the FireTasks at the same database (DFT workers also get ``atomate_db_file``, the
+  ``atomate_db.json`` of the VASP path, and pw_cmd / mpi_cmd / pseudo_dir from $FW_SCREEN_PW_CMD,
+  $FW_SCREEN_MPI_CMD, $ESPRESSO_PSEUDO when set).
 
 The data directory survives ``stop``/``start``.  Any real MongoDB works instead: write your own LaunchPad
 file (see ``launchpad/``) and pass it with ``-l``.
@@ -101,10 +103,20 @@ def write_launchpad_files(state: Path, host: str, port: int, name: str = DEFAULT
           "mongoclient_kwargs": {"retryWrites": False, "serverSelectionTimeoutMS": 30000}}
     path = state / "launchpad.yaml"
     _write_private(path, yaml.safe_dump(lp, sort_keys=False))
+    from fw_screen.vasp import atomate_db_file
+
+    atomate = atomate_db_file(str(path), str(state / "atomate_db.json"))  # the VASP path's task database
     for label, categories in (("cheap", ["cheap"]), ("ml", ["ml"]), ("dft", ["dft"]),
                               ("all", ["cheap", "ml", "dft"])):
+        env = {"db_file": str(path)}
+        if "dft" in categories:  # pw.x / mpirun / pseudopotentials: fw-screen's defaults unless set here
+            env["atomate_db_file"] = atomate
+            for key, var in (("pw_cmd", "FW_SCREEN_PW_CMD"), ("mpi_cmd", "FW_SCREEN_MPI_CMD"),
+                             ("pseudo_dir", "ESPRESSO_PSEUDO")):
+                if os.environ.get(var):
+                    env[key] = os.environ[var]
         worker = {"name": f"fw-screen-{label}-{socket.gethostname()}", "category": categories,
-                  "query": "{}", "env": {"db_file": str(path)}}
+                  "query": "{}", "env": env}
         _write_private(state / f"fworker_{label}.yaml", yaml.safe_dump(worker, sort_keys=False))
     return path
 

@@ -155,6 +155,9 @@ def validate(spec: dict) -> dict:
         _number(spec, f"dft.qe.{key}", 0)
     for key in ("electron_maxstep", "nstep", "max_errors"):
         _number(spec, f"dft.qe.{key}", 1, integer=True)
+    for key in ("vasp_cmd", "db_file"):
+        if not isinstance(dft["vasp"][key], str) or not dft["vasp"][key]:
+            raise SpecError(f"dft.vasp.{key}: expected a command/path or >>env_key<<, got {dft['vasp'][key]!r}")
     for key in ("category_cheap", "category_ml", "category_dft"):
         if not isinstance(spec["fireworks"][key], str):
             raise SpecError(f"fireworks.{key}: expected a category name")

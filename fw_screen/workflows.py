@@ -120,7 +120,7 @@ def dft_workflow(store, candidate_ids: list[str], db_file: str | None = None) ->
             from fw_screen import vasp
 
             doc = next(store.candidates_for({"_id": cand["id"]}, sort=None))
-            vasp_wfs.append(vasp.vasp_workflow(doc, spec["dft"]["vasp"]["db_file"] or ">>db_file<<",
+            vasp_wfs.append(vasp.vasp_workflow(doc, spec["dft"]["vasp"]["db_file"],
                                                vasp_cmd=spec["dft"]["vasp"]["vasp_cmd"],
                                                category=spec["fireworks"]["category_dft"], results_db_file=db_file))
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,19 @@ from fw_screen import potentials
 from fw_screen.potentials import POTENTIALS, PotentialError
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models"
+
+
+def _m3gnet_dir() -> Path | None:
+    """The M3GNet model folder under $FW_SCREEN_MODEL_DIR or the shared models folder, None if neither has it."""
+    for base in (os.environ.get(potentials.MODEL_DIR_ENV), MODELS):
+        if base and (Path(base) / potentials.M3GNET_FOLDER).is_dir():
+            return Path(base) / potentials.M3GNET_FOLDER
+    return None
+
+
+M3GNET_DIR = _m3gnet_dir()
+needs_m3gnet = pytest.mark.skipif(M3GNET_DIR is None, reason=f"M3GNet model folder {potentials.M3GNET_FOLDER} "
+                                  f"absent (neither under ${potentials.MODEL_DIR_ENV} nor {MODELS})")
 
 
 def test_every_potential_declares_scale_and_elements():
@@ -98,3 +112,71 @@ def test_self_check_rejects_a_broken_model():
 
 def test_self_check_passes_for_chgnet():
     assert -5.3 < potentials.self_check("chgnet", potentials.get_calculator("chgnet")) < -4.8
+
+
+# ------------------------------------------------------------------------------------------ M3GNet (DGL-era weights)
+@pytest.fixture(scope="module")
+def m3gnet():
+    import torch
+
+    torch.set_num_threads(1)
+    return potentials.get_calculator("m3gnet", M3GNET_DIR)
+
+
+def test_dgl_era_checkpoint_detection(tmp_path):
+    import torch
+
+    assert not potentials.is_dgl_era_checkpoint(tmp_path)                   # no state.pt
+    torch.save({"model.embedding.weight": torch.zeros(2)}, tmp_path / "state.pt")
+    assert not potentials.is_dgl_era_checkpoint(tmp_path)
+    torch.save({"element_refs.property_offset": torch.zeros(2), "element_refs.onehot": torch.eye(2)},
+               tmp_path / "state.pt")
+    assert potentials.is_dgl_era_checkpoint(tmp_path)
+    if M3GNET_DIR is not None:
+        assert potentials.is_dgl_era_checkpoint(M3GNET_DIR)
+
+
+@needs_m3gnet
+def test_m3gnet_lif_energy(m3gnet):
+    """Loaded through get_calculator (so the self-check passed): LiF -4.832 eV/atom, MP raw GGA -4.85."""
+    from ase.build import bulk
+
+    atoms = bulk("LiF", "rocksalt", a=4.03)
+    atoms.calc = m3gnet
+    assert atoms.get_potential_energy() / len(atoms) == pytest.approx(-4.83, abs=0.1)
+
+
+@needs_m3gnet
+def test_m3gnet_nacl_lattice_constant(m3gnet):
+    """E(a) of rock-salt NaCl has its minimum at the model README's 5.6913 A (not beyond 6.2 A, as without the
+    DGL aggregation)."""
+    import numpy as np
+    from ase.build import bulk
+
+    lattice = np.linspace(5.51, 5.87, 7)
+    energies = []
+    for a in lattice:
+        atoms = bulk("NaCl", "rocksalt", a=a)
+        atoms.calc = m3gnet
+        energies.append(atoms.get_potential_energy() / len(atoms))
+    assert 0 < int(np.argmin(energies)) < len(lattice) - 1, energies     # a minimum inside the scan
+    c2, c1, _ = np.polyfit(lattice, energies, 2)
+    assert -c1 / (2 * c2) == pytest.approx(5.69, rel=0.01)
+
+
+@needs_m3gnet
+def test_m3gnet_without_dgl_aggregation_is_refused():
+    """matgl 4's own aggregation on the DGL-era weights: the self-check refuses it (LiF +1.07 eV/atom); the
+    same model object passes once use_dgl_node_aggregation has changed its 3 graph convolutions."""
+    import torch
+    from matgl.ext.ase import PESCalculator
+
+    torch.set_num_threads(1)
+    broken = potentials.load_matgl_calculator(M3GNET_DIR, dgl_aggregation=False)
+    with pytest.raises(PotentialError, match=r"self-check.*LiF at 1\.0"):
+        potentials.self_check("m3gnet", broken)
+    model = broken.potential
+    assert potentials.use_dgl_node_aggregation(model) == 3
+    assert potentials.use_dgl_node_aggregation(model) == 0                  # idempotent
+    fixed = PESCalculator(model, stress_unit="eV/A3")
+    assert potentials.self_check("m3gnet", fixed) == pytest.approx(-4.83, abs=0.1)

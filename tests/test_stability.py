@@ -15,7 +15,6 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
 from fw_screen import potentials, stability
-from fw_screen.potentials import PotentialError
 
 REPO = Path(__file__).resolve().parents[1]
 MP_DIR = REPO.parent / "shared" / "data" / "reference" / "mp"
@@ -242,9 +241,5 @@ def test_sevennet_l3i5_energy_scale(lcno):
 
 @pytest.mark.skipif(not (MODELS / potentials.M3GNET_FOLDER).is_dir(),
                     reason=f"M3GNet model folder absent ({MODELS / potentials.M3GNET_FOLDER})")
-@pytest.mark.xfail(raises=PotentialError, strict=False,
-                   reason="M3GNet-MP-2021.2.8-PES under matgl 4.1.2 (PyG backend) gives wrong energies for "
-                          "compounds (LiF +1.07 eV/atom, oxides 2-4 eV/atom too high; elements are right): the "
-                          "load-time self-check refuses it")
 def test_m3gnet_energy_scale(lcno):
     _assert_scale("m3gnet", potentials.get_calculator("m3gnet", MODELS), lcno)
