@@ -485,6 +485,9 @@ def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: di
 
     spec = store.campaign_spec(campaign)
     settings = _qe_settings(spec, env)
+    structure = phase["structure"]  # FireWorks turns MSONable dicts in task parameters into objects
+    structure = Structure.from_dict(structure) if isinstance(structure, dict) else structure
+    phase = {**phase, "structure": structure.as_dict()}
     try:
         protocol = qe.protocol(system.split("-"), settings)
     except qe.QEError as exc:  # no pseudopotentials: the candidates of the system record the same reason
@@ -495,7 +498,6 @@ def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: di
             "formula": phase["formula"], "kind": phase["kind"], "system": system,
             "structure_initial": phase["structure"]}):
         return {"ref_id": ref_id, "status": "skipped", "reason": "computed or being computed elsewhere"}
-    structure = Structure.from_dict(phase["structure"])
     result = qe.run_chain(structure, protocol, settings, workdir, kind=phase["kind"], checkpoint=checkpoint,
                           walltime_s=settings.get("walltime_s"))
     if result["status"] == "checkpoint":
@@ -561,7 +563,7 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
     inline = []
     if fields.get("hull_status") == "waiting":
         for phase in phases:  # references nobody has claimed yet: computed here, so the hull never waits forever
-            ref = run_dft_reference(store, doc["campaign"], system, {**phase, "structure": phase["structure"].as_dict()},
+            ref = run_dft_reference(store, doc["campaign"], system, phase,
                                     Path(workdir) / f"ref_{phase['key'].replace(':', '_')}", env)
             if ref["status"] == "checkpoint":  # out of time: give the claim back for someone else
                 store.finish_dft_reference(ref["ref_id"], "failed", {"reason": "walltime reached (inline run)"})
