@@ -385,10 +385,29 @@ def run_promotion(store: ResultsStore, campaign: str) -> dict:
     from fw_screen.db import utcnow
 
     spec = store.campaign_spec(campaign)
+    checked: dict = {}
+
+    def references_ok(doc: dict) -> tuple[bool, str]:
+        """The DFT hull needs the facet's phases with structures, none larger than reference_max_sites."""
+        if spec["dft"]["code"] != "qe":
+            return True, "DFT hull against MP entries (VASP path)"
+        full = next(store.candidates_for({"_id": doc["_id"]}, {"ml.structure_relaxed": 1}, sort=None))
+        structure = Structure.from_dict(full["ml"]["structure_relaxed"])
+        key = structure.composition.reduced_formula
+        if key not in checked:
+            try:
+                phases = dft_reference_phases(store, structure, spec)
+                big = [p["formula"] for p in phases if len(p["structure"]) > spec["dft"]["reference_max_sites"]]
+                checked[key] = (not big, f"DFT reference phases {', '.join(p['formula'] for p in phases)}" if not big
+                                else f"reference phase(s) {', '.join(big)} > {spec['dft']['reference_max_sites']} sites")
+            except Exception as exc:  # e.g. elemental references without structures
+                checked[key] = (False, f"no DFT reference phases: {exc}")
+        return checked[key]
+
     owner = store.acquire_lock(f"promote:{campaign}", lease_s=120, wait_s=300)
     try:
         choices, summary = promotion.select(store.ml_done_for_promotion(campaign), spec["promotion"],
-                                            store.promoted_per_condition(campaign))
+                                            store.promoted_per_condition(campaign), references_ok=references_ok)
         promoted = []
         for choice in choices:
             fields = {"promotion": {**{k: v for k, v in choice.items() if k != "_id"}, "at": utcnow()}}
@@ -475,7 +494,7 @@ def _result_fields(result: dict) -> dict:
 
 
 def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: dict, workdir: str | Path,
-                      env: dict | None = None, checkpoint: dict | None = None) -> dict:
+                      env: dict | None = None, checkpoint: dict | None = None, fw_id: int | None = None) -> dict:
     """Compute one reference phase of ``system`` with the QE protocol of that system, unless it has been
     computed (or is being computed) under the same protocol already -- never two runs of one reference.
 
@@ -495,7 +514,7 @@ def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: di
     ref_id = _reference_id(protocol, phase["key"])
     if checkpoint is None and not store.claim_dft_reference({
             "_id": ref_id, "protocol_id": protocol["id"], "protocol": protocol, "key": phase["key"],
-            "formula": phase["formula"], "kind": phase["kind"], "system": system,
+            "formula": phase["formula"], "kind": phase["kind"], "system": system, "fw_id": fw_id,
             "structure_initial": phase["structure"]}):
         return {"ref_id": ref_id, "status": "skipped", "reason": "computed or being computed elsewhere"}
     result = qe.run_chain(structure, protocol, settings, workdir, kind=phase["kind"], checkpoint=checkpoint,
@@ -561,8 +580,10 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
                                        "kind": p["kind"]} for p in phases]
     store.transition([(candidate_id, st.PROMOTED, st.DFT_DONE, {"dft": fields})], "dft")
     inline = []
-    if fields.get("hull_status") == "waiting":
-        for phase in phases:  # references nobody has claimed yet: computed here, so the hull never waits forever
+    # references nobody has claimed yet are computed here, so the hull never waits for a reference Firework
+    # that was never added; not under a wall-time budget (each would get a fresh one): their Fireworks do it
+    if fields.get("hull_status") == "waiting" and not settings.get("walltime_s"):
+        for phase in phases:
             ref = run_dft_reference(store, doc["campaign"], system, phase,
                                     Path(workdir) / f"ref_{phase['key'].replace(':', '_')}", env)
             if ref["status"] == "checkpoint":  # out of time: give the claim back for someone else

@@ -344,13 +344,17 @@ class ResultsStore:
     def claim_dft_reference(self, doc: dict) -> bool:
         """Claim a reference calculation (``_id`` = protocol id + phase key); False when someone has it.
 
-        A failed claim (status ``failed``) may be taken again: the first run's reason is kept in ``history``."""
+        A failed claim (status ``failed``) may be taken again, and so may a ``running`` claim by the same
+        Firework (``fw_id``: a rerun after its launcher died); the first run's reason is kept in ``history``."""
         try:
             self.dft_references.insert_one({**doc, "status": "running", "claimed": utcnow(), "attempts": 1})
             return True
         except DuplicateKeyError:
+            retake = [{"status": "failed"}]
+            if doc.get("fw_id") is not None:
+                retake.append({"status": "running", "fw_id": doc["fw_id"]})
             res = self.dft_references.update_one(
-                {"_id": doc["_id"], "status": "failed"},
+                {"_id": doc["_id"], "$or": retake},
                 {"$set": {"status": "running", "claimed": utcnow(), "owner": doc.get("owner")},
                  "$inc": {"attempts": 1}, "$push": {"history": {"at": utcnow(), "event": "reclaimed"}}})
             return res.modified_count == 1

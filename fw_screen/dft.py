@@ -35,9 +35,9 @@ class HullError(ValueError):
     """The DFT hull of a candidate cannot be computed (a reference failed or is missing)."""
 
 
-def molecule_in_box(element: str, box: float = 10.0) -> Structure:
+def molecule_in_box(element: str, box: float = 10.0, bond: float | None = None) -> Structure:
     """A diatomic molecule of ``element`` centred in a cubic box (a periodic cell for a plane-wave code)."""
-    d = GAS_DIMERS[element]
+    d = float(bond if bond is not None else GAS_DIMERS[element])
     return Structure(Lattice.cubic(box), [element, element],
                      [[0.5, 0.5, 0.5 - d / (2 * box)], [0.5, 0.5, 0.5 + d / (2 * box)]])
 

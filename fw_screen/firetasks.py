@@ -122,7 +122,8 @@ def _continuation(task: FiretaskBase, fw_spec: dict, checkpoint: dict) -> FWActi
     from fireworks import Firework
 
     params = {k: v for k, v in task.items() if k != "checkpoint"}
-    new_spec = {k: v for k, v in fw_spec.items() if not k.startswith("_") or k in ("_category", "_priority")}
+    new_spec = {k: v for k, v in fw_spec.items() if not k.startswith("_") or k in ("_category", "_priority",
+                                                                                     "_add_launchpad_and_fw_id")}
     new_spec["continuation"] = int(fw_spec.get("continuation", 0)) + 1
     fw = Firework(type(task)(checkpoint=checkpoint, **params), spec=new_spec,
                   name=f"{fw_spec.get('stage', 'dft')} continuation {new_spec['continuation']}")
@@ -153,7 +154,8 @@ class QEReferenceTask(FiretaskBase):
 
     def run_task(self, fw_spec):
         out = campaign.run_dft_reference(_store(self, fw_spec), self["campaign"], self["system"], self["phase"],
-                                         os.getcwd(), _dft_env(fw_spec), checkpoint=self.get("checkpoint"))
+                                         os.getcwd(), _dft_env(fw_spec), checkpoint=self.get("checkpoint"),
+                                         fw_id=getattr(self, "fw_id", None))  # set by _add_launchpad_and_fw_id
         if out["status"] == "checkpoint":
             return _continuation(self, fw_spec, out["checkpoint"])
         return FWAction(stored_data=out)

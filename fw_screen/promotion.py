@@ -5,8 +5,8 @@ converged, its ML energy above hull (relaxed) is at most ``max_e_above_hull``, i
 generator's target (when it was given one and ``require_target_hit``), its relaxed cell has at most
 ``max_sites`` sites, and its chemical system has reference entries (``no_reference`` candidates never
 reach ``ml_done``).  Eligible candidates are ranked by ML e_above_hull within their band-gap condition;
-at most ``max_per_condition`` per condition (counting those promoted in earlier rounds) and
-``max_total`` per round are chosen.  Every choice carries the reason it was chosen, in words and numbers.
+at most ``max_per_condition`` per condition and ``max_total`` per campaign are chosen (both counting those
+promoted in earlier rounds, so promoting again is idempotent).  Every choice carries the reason it was chosen, in words and numbers.
 """
 
 from __future__ import annotations
@@ -48,11 +48,14 @@ def check(doc: dict, rules: dict) -> tuple[bool, list[str]]:
     return (not failed, passed if not failed else failed)
 
 
-def select(docs: list[dict], rules: dict, already_promoted: dict | None = None) -> tuple[list[dict], dict]:
+def select(docs: list[dict], rules: dict, already_promoted: dict | None = None,
+           references_ok=None) -> tuple[list[dict], dict]:
     """Choose candidates to promote from ``ml_done`` documents.
 
     ``already_promoted``: {condition: n} promoted in earlier rounds (they count toward
-    ``max_per_condition``).  Returns (choices, summary): each choice is
+    ``max_per_condition``).  ``references_ok(doc) -> (ok, reason)``: can the DFT hull of this candidate be
+    computed (reference phases with structures, small enough)?  Asked lazily, in rank order, only for
+    candidates that would otherwise be chosen.  Returns (choices, summary): each choice is
     {"_id", "condition", "rank", "e_above_hull", "reason", "rules"}; the summary counts eligible candidates
     and the first reason of each ineligible one.
     """
@@ -67,13 +70,20 @@ def select(docs: list[dict], rules: dict, already_promoted: dict | None = None) 
             rejected[" ".join(key)] = rejected.get(" ".join(key), 0) + 1
     eligible.sort(key=lambda item: (item[0]["ml"]["e_above_hull"], item[0]["_id"]))
     choices, rank = [], {}
+    earlier = sum(already.values())
     for doc, reasons in eligible:
-        if len(choices) >= rules["max_total"]:
+        if earlier + len(choices) >= rules["max_total"]:
             break
         cond = _condition(doc)
         key = str(cond)
         if already.get(key, 0) >= rules["max_per_condition"]:
             continue
+        if references_ok is not None:
+            ok, why = references_ok(doc)
+            if not ok:
+                rejected["DFT references"] = rejected.get("DFT references", 0) + 1
+                continue
+            reasons = reasons + [why]
         already[key] = already.get(key, 0) + 1
         rank[key] = rank.get(key, 0) + 1
         choices.append({

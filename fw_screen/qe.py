@@ -72,8 +72,6 @@ MAGNETIC_ELEMENTS = frozenset({"Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "C
 STARTING_MAGNETIZATION = 0.5
 FUNCTIONAL = "PBE"
 
-#: Approximate bond lengths (Angstrom) of the diatomic gas references, for :func:`diatomic`.
-DIATOMIC_BOND = {"H": 0.75, "N": 1.10, "O": 1.23, "F": 1.42, "Cl": 1.99}
 
 # Seconds kept back from a wall-time budget: pw.x's max_seconds is set this much earlier so that it can
 # stop and write its output, and no step is started with less than MIN_STEP_S left.
@@ -138,16 +136,33 @@ def file_md5(path) -> str:
 
 
 def _pseudo_tables(folder: Path) -> list[tuple[str, dict]]:
-    """SSSP-style json tables in the folder: ``{"elements": {El: {"filename", "cutoff_wfc_ry", ...}}}``."""
+    """SSSP-style json tables in the folder, as {El: {"filename", "md5", "cutoff_wfc_ry", "cutoff_rho_ry"}}.
+
+    Two layouts are read: the official SSSP file (``SSSP_1.3.0_PBE_efficiency.json``: flat
+    ``{El: {"filename", "md5", "cutoff_wfc", "cutoff_rho", "pseudopotential"}}``) and a wrapped one
+    (``{"elements": {El: {..., "cutoff_wfc_ry", "cutoff_rho_ry"}}, "library": ...}``)."""
+    from pymatgen.core.periodic_table import Element
+
     tables = []
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        elements = data.get("elements") if isinstance(data, dict) else None
-        if isinstance(elements, dict) and all(isinstance(v, dict) and "filename" in v for v in elements.values()):
-            tables.append((path.name, elements))
+        if not isinstance(data, dict):
+            continue
+        elements = data.get("elements") if isinstance(data.get("elements"), dict) else {
+            k: v for k, v in data.items() if Element.is_valid_symbol(k)}
+        if not elements or not all(isinstance(v, dict) and "filename" in v for v in elements.values()):
+            continue
+        table = {}
+        for el, row in elements.items():
+            row = dict(row)
+            for key in ("cutoff_wfc", "cutoff_rho"):
+                if f"{key}_ry" not in row and key in row:
+                    row[f"{key}_ry"] = row[key]  # the official file's cutoffs are in Ry too
+            table[el] = row
+        tables.append((path.name, table))
     # an SSSP table first, then by name
     tables.sort(key=lambda t: ("sssp" not in t[0].lower(), t[0]))
     return tables
@@ -270,16 +285,6 @@ def protocol(system_elements, settings) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ structures
-def diatomic(element: str, box: float = DEFAULTS["molecule_box"], bond: float | None = None):
-    """A diatomic gas molecule (O2, N2, H2, F2, Cl2) centred in a cubic box of side ``box`` Angstrom."""
-    from pymatgen.core import Lattice, Structure
-
-    d = float(bond if bond is not None else DIATOMIC_BOND[element])
-    c = box / 2.0
-    return Structure(Lattice.cubic(box), [element, element], [[c, c, c - d / 2], [c, c, c + d / 2]],
-                     coords_are_cartesian=True)
-
-
 def _as_structure(structure, kind: str, box: float):
     from pymatgen.core import Lattice, Molecule, Structure
 
@@ -656,7 +661,7 @@ def run_chain(structure, protocol: dict, settings: dict, workdir, *, kind: str =
 
     kind="crystal": vc-relax -> scf on the relaxed cell -> nscf (``nscf_kppa`` uniform mesh) -> band gap.
     kind="molecule": relax -> scf at Gamma, spin-polarised, fixed cell (a pymatgen Molecule is put in a
-    cubic box of ``molecule_box`` Angstrom; a Structure is used as given, see :func:`diatomic`).
+    cubic box of ``molecule_box`` Angstrom; a Structure is used as given, see :func:`fw_screen.dft.molecule_in_box`).
     The energy is the scf's, else the last '!' energy of the (vc-)relax.  With ``walltime_s`` (default: the
     settings' ``walltime_s``; seconds from this call's start), pw.x's
     max_seconds and a custodian monitor stop the chain in time and the result has status "checkpoint" and a

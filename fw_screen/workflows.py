@@ -113,6 +113,7 @@ def dft_workflow(store, candidate_ids: list[str], db_file: str | None = None) ->
         fws.append(Firework(QEReferenceTask(campaign=ref["campaign"], system=ref["system"], phase=phase, **kw),
                             name=f"qe reference {ref['system']} {ref['formula']}",
                             spec={"_category": spec["fireworks"]["category_dft"], "_priority": PRIORITY_REFERENCE,
+                                  "_add_launchpad_and_fw_id": True,  # a rerun of this Firework may retake its claim
                                   "campaign": ref["campaign"], "stage": "dft_reference", "system": ref["system"]}))
     for cand in jobs["candidates"]:
         spec = store.campaign_spec(cand["campaign"])

@@ -151,3 +151,17 @@ def test_missing_pseudopotential_fails_alone(launchpad, launchpad_file, store, d
     assert li_doc["status"] == st.DFT_DONE and li_doc["dft"]["band_gap"]["is_metal"]
     # unary Li: its one reference (MP's lowest Li, or a 1-site polymorph within tolerance) computed inline
     assert li_doc["dft"]["hull_status"] == "done" and abs(li_doc["dft"]["e_above_hull"]) < 0.05
+
+
+def test_reference_claims_are_taken_once(store):
+    """A reference is claimed once; only a failed claim, or the same Firework rerun after its launcher
+    died, may take it again; a done reference never runs again."""
+    doc = {"_id": "p1:mp-1", "protocol_id": "p1", "key": "mp-1", "fw_id": 7}
+    assert store.claim_dft_reference(doc)
+    assert not store.claim_dft_reference({**doc, "fw_id": 8})  # another Firework: computed elsewhere
+    assert store.claim_dft_reference(doc)  # Firework 7 rerun (lpad rerun_fws after a dead launcher)
+    store.finish_dft_reference("p1:mp-1", "done", {"energy_total": -1.0})
+    assert not store.claim_dft_reference(doc) and not store.claim_dft_reference({**doc, "fw_id": 9})
+    store.dft_references.insert_one({"_id": "p1:mp-2", "status": "failed", "attempts": 1})
+    assert store.claim_dft_reference({"_id": "p1:mp-2", "fw_id": 9})  # failed: anyone may retry
+    assert store.dft_references.find_one({"_id": "p1:mp-2"})["attempts"] == 2

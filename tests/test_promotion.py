@@ -45,3 +45,18 @@ def test_quota_per_condition_ranks_by_ml_hull_and_counts_earlier_rounds():
     assert [c["_id"] for c in chosen] == ["c0", "x"]
     chosen, _ = select(docs, {**rules, "max_total": 1})
     assert [c["_id"] for c in chosen] == ["c0"]
+    assert select(docs, {**rules, "max_total": 1}, already_promoted={"3.72": 1})[0] == []  # per campaign
+
+
+def test_candidates_whose_dft_hull_cannot_be_built_are_passed_over():
+    docs = [doc("a", 0.0), doc("b", 0.01), doc("c", 0.02)]
+    asked = []
+
+    def references_ok(d):
+        asked.append(d["_id"])
+        return (d["_id"] != "a", "no DFT reference phases" if d["_id"] == "a" else "DFT reference phases X, Y")
+
+    chosen, summary = select(docs, {**RULES, "max_total": 1}, references_ok=references_ok)
+    assert [c["_id"] for c in chosen] == ["b"] and "DFT reference phases X, Y" in chosen[0]["reason"]
+    assert asked == ["a", "b"]  # lazily, in rank order: c was never needed
+    assert summary["not_eligible"] == {"DFT references": 1}

@@ -20,6 +20,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from fw_screen import qe, qe_jobs
+from fw_screen.dft import molecule_in_box
 
 DATA = Path(__file__).parent / "data"
 PSEUDO = DATA / "pseudo"
@@ -472,7 +473,7 @@ def test_walltime_checkpoint_mid_vc_relax_then_resume(si_run, tmp_path):
 def test_o2_molecule_small_box(tmp_path):
     """Spin-polarised molecule path: O2 relaxes to a triplet (2 Bohr mag) in a small, cheap box."""
     s = settings(ecutwfc=30, ecutrho=240)
-    o2 = qe.diatomic("O", box=5.0, bond=1.25)
+    o2 = molecule_in_box("O", box=5.0, bond=1.25)
     r = qe.run_chain(o2, qe.protocol(["O"], s), s, tmp_path, kind="molecule")
     assert r["status"] == "completed", r["reason"]
     assert [st["calculation"] for st in r["steps"]] == ["relax", "scf"]
@@ -487,7 +488,20 @@ def test_o2_molecule_small_box(tmp_path):
 def test_o2_molecule_sssp_box(tmp_path):
     """O2 at the spec's 10 A box and SSSP cutoffs (~1 min, ~0.9 GB)."""
     s = settings()
-    r = qe.run_chain(qe.diatomic("O", box=s["molecule_box"]), qe.protocol(["O"], s), s, tmp_path, kind="molecule")
+    r = qe.run_chain(molecule_in_box("O", box=s["molecule_box"]), qe.protocol(["O"], s), s, tmp_path, kind="molecule")
     assert r["status"] == "completed", r["reason"]
     assert r["total_magnetization"] == pytest.approx(2.0, abs=0.05)
     assert 1.20 < r["structure"].get_distance(0, 1) < 1.26
+
+
+def test_find_pseudos_reads_the_official_flat_sssp_json(tmp_path):
+    """SSSP_1.3.0_PBE_efficiency.json as distributed: {El: {filename, md5, cutoff_wfc, cutoff_rho}}."""
+    wrapped = json.loads((PSEUDO / "sssp_efficiency_1.3_subset.json").read_text())["elements"]
+    flat = {el: {"filename": r["filename"], "md5": r["md5"], "cutoff_wfc": r["cutoff_wfc_ry"],
+                 "cutoff_rho": r["cutoff_rho_ry"], "pseudopotential": r["family"]} for el, r in wrapped.items()}
+    for f in PSEUDO.glob("*.UPF"):
+        shutil.copy(f, tmp_path)
+    (tmp_path / "SSSP_1.3.0_PBE_efficiency.json").write_text(json.dumps(flat))
+    found = qe.find_pseudos(["Li", "O"], str(tmp_path))
+    assert (found["O"]["ecutwfc"], found["O"]["ecutrho"]) == (50.0, 400.0)
+    assert found["Li"]["filename"] == "li_pbe_v1.4.uspp.F.UPF"  # not guessable from the name alone
