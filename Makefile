@@ -6,7 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-all bench install db-stop clean
+.PHONY: demo test test-all bench install qe db-stop clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,15 +19,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Quantum ESPRESSO (pw.x 6.7) and its pseudopotential package from Debian, for the DFT stage.
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+qe:
+	@command -v pw.x >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq quantum-espresso quantum-espresso-data; }
+	@command -v pw.x >/dev/null && echo "pw.x: $$(command -v pw.x)"
 
-demo: $(STAMP)
+install: $(STAMP) qe
+
+demo: $(STAMP) qe
 	$(BIN)/fw-screen demo
 
-test: $(STAMP)
+test: $(STAMP) qe
 	$(BIN)/python -m pytest tests
 
-test-all: $(STAMP)
+test-all: $(STAMP) qe
 	$(BIN)/python -m pytest tests -m ''
 
 bench: $(STAMP)

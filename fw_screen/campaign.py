@@ -518,7 +518,7 @@ def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: di
             "structure_initial": phase["structure"]}):
         return {"ref_id": ref_id, "status": "skipped", "reason": "computed or being computed elsewhere"}
     result = qe.run_chain(structure, protocol, settings, workdir, kind=phase["kind"], checkpoint=checkpoint,
-                          walltime_s=settings.get("walltime_s"))
+                          walltime_s=settings.get("walltime_s"), with_band_gap=False)  # energy only
     if result["status"] == "checkpoint":
         return {"ref_id": ref_id, "status": "checkpoint", "checkpoint": result["checkpoint"]}
     status = "done" if result["status"] == "completed" else "failed"

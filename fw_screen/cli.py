@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -356,9 +357,12 @@ def cmd_demo(args) -> int:
     # for its elements in examples/pseudo); a reference polymorph within 40 meV/atom of MP's lowest may
     # stand in for it (black P, 4 sites, for MP's 42-site P), so that every reference cell stays small
     pseudo = examples / "pseudo"
+    mpi = None  # DFT runs after the ML stage, when both cores are free: two MPI ranks
+    if not os.environ.get("FW_SCREEN_MPI_CMD") and shutil.which("mpirun") and (os.cpu_count() or 1) >= 2:
+        mpi = "mpirun " + ("--allow-run-as-root " if os.geteuid() == 0 else "") + "--bind-to none -np 2"
     spec = load_spec(campaign=args.campaign, promotion={"max_total": args.dft_candidates},
                      dft={"reference_polymorph_tolerance": 0.04,
-                          "qe": {"pseudo_dir": str(pseudo) if pseudo.is_dir() and not os.environ.get(
+                          "qe": {"mpi_cmd": mpi, "pseudo_dir": str(pseudo) if pseudo.is_dir() and not os.environ.get(
                               "ESPRESSO_PSEUDO") else None}})
     t0 = time.perf_counter()
     summary, wf = submit(_launchpad(lp_file), store, source, spec)
