@@ -1,12 +1,23 @@
-"""Helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts.
+
+Importing this module first makes BLAS/OpenMP single-threaded (unless set) before numpy/torch load, and puts
+the repository on ``sys.path``: parallelism in fw-screen comes from worker processes, not threads.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def code_version() -> dict:

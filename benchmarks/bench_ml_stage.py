@@ -55,16 +55,14 @@ import uuid
 import warnings
 from pathlib import Path
 
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402, F401  (single-threaded BLAS before numpy; the repo on sys.path)
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import yaml  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from _common import REPO  # noqa: E402
 
 from _common import code_version, free_port  # noqa: E402
 from bench_cheap_funnel import MemorySampler  # noqa: E402

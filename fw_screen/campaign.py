@@ -532,7 +532,7 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
                       checkpoint: dict | None = None) -> dict:
     """QE relax -> scf -> nscf band gap for one promoted candidate (starting from its ML-relaxed cell),
     then its reference phases not yet claimed by anyone, then its DFT hull if all references are done."""
-    from fw_screen import dft, qe
+    from fw_screen import qe
     from fw_screen import property as prop
 
     doc = next(store.candidates_for({"_id": candidate_id}, {"campaign": 1, "status": 1, "elements": 1,

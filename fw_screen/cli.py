@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -357,13 +356,14 @@ def cmd_demo(args) -> int:
     # for its elements in examples/pseudo); a reference polymorph within 40 meV/atom of MP's lowest may
     # stand in for it (black P, 4 sites, for MP's 42-site P), so that every reference cell stays small
     pseudo = examples / "pseudo"
-    mpi = None  # DFT runs after the ML stage, when both cores are free: two MPI ranks
-    if not os.environ.get("FW_SCREEN_MPI_CMD") and shutil.which("mpirun") and (os.cpu_count() or 1) >= 2:
-        mpi = "mpirun " + ("--allow-run-as-root " if os.geteuid() == 0 else "") + "--bind-to none -np 2"
+    # k-point densities at half the production defaults keep the demo's DFT to minutes (candidate and
+    # references share them, so its hull stays consistent); pw.x runs serially, one per worker: two MPI
+    # ranks sharing a core with the other worker's pw.x ran 9-11x slower (benchmarks/bench_dft.py)
     spec = load_spec(campaign=args.campaign, promotion={"max_total": args.dft_candidates},
                      dft={"reference_polymorph_tolerance": 0.04,
-                          "qe": {"mpi_cmd": mpi, "pseudo_dir": str(pseudo) if pseudo.is_dir() and not os.environ.get(
-                              "ESPRESSO_PSEUDO") else None}})
+                          "qe": {"kppa": 500, "nscf_kppa": 1500,
+                                 "pseudo_dir": str(pseudo) if pseudo.is_dir() and not os.environ.get(
+                                     "ESPRESSO_PSEUDO") else None}})
     t0 = time.perf_counter()
     summary, wf = submit(_launchpad(lp_file), store, source, spec)
     print(f"ingested {summary['inputs']} inputs: {summary['new']} new candidates")
