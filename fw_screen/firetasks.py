@@ -121,7 +121,7 @@ def _continuation(task: FiretaskBase, fw_spec: dict, checkpoint: dict) -> FWActi
     """Wall time reached: the same task, resumed from ``checkpoint``, as a new Firework (any DFT worker)."""
     from fireworks import Firework
 
-    params = {k: v for k, v in task.items() if k != "checkpoint"}
+    params = {k: v for k, v in task.items() if k != "checkpoint" and not k.startswith("_")}
     new_spec = {k: v for k, v in fw_spec.items() if not k.startswith("_") or k in ("_category", "_priority",
                                                                                      "_add_launchpad_and_fw_id")}
     new_spec["continuation"] = int(fw_spec.get("continuation", 0)) + 1

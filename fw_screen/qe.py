@@ -705,7 +705,8 @@ def run_chain(structure, protocol: dict, settings: dict, workdir, *, kind: str =
         if ck:
             if ck.get("protocol_id") not in (None, proto.get("id")):
                 return finish("failed", f"checkpoint protocol {ck.get('protocol_id')} differs from {proto.get('id')}")
-            current = Structure.from_dict(ck["structure"])
+            current = ck["structure"]  # a dict, or a Structure when FireWorks has deserialised the task
+            current = Structure.from_dict(current) if isinstance(current, dict) else current
             result["steps"] = [dict(st, from_checkpoint=True) for st in ck.get("steps", [])]
             result["corrections"] = list(ck.get("corrections", []))
         else:

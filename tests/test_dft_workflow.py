@@ -165,3 +165,27 @@ def test_reference_claims_are_taken_once(store):
     store.dft_references.insert_one({"_id": "p1:mp-2", "status": "failed", "attempts": 1})
     assert store.claim_dft_reference({"_id": "p1:mp-2", "fw_id": 9})  # failed: anyone may retry
     assert store.dft_references.find_one({"_id": "p1:mp-2"})["attempts"] == 2
+
+
+@needs_pw
+def test_wall_time_continues_in_a_new_firework(launchpad, launchpad_file, store, tmp_path):
+    """With dft.qe.walltime_s shorter than the chain, pw.x stops itself, the Firework completes with a
+    checkpoint and adds a continuation Firework; the chain finishes there and the result lands once."""
+    spec = load_spec(campaign="wall", dft={"qe": {"kppa": 300, "nscf_kppa": 400, "walltime_s": 9}})
+    store.register_campaign(spec)
+    al = Structure(Lattice([[0, 2.1, 2.1], [2.1, 0, 2.1], [2.1, 2.1, 0]]), ["Al"], [[0, 0, 0]])  # strained fcc
+    doc = ml_done_doc("wall:al", al, 0.0, 0.07, 0.0)
+    store.candidates.insert_one({**doc, "campaign": "wall", "status": st.PROMOTED})
+    launchpad.add_wf(dft_workflow(store, ["wall:al"], db_file=str(launchpad_file)))
+    fworker = tmp_path / "fw.yaml"
+    fworker.write_text(yaml.safe_dump({"name": "dft", "category": ["dft"], "query": "{}", "env": {
+        "db_file": str(launchpad_file), "pseudo_dir": str(DATA / "pseudo"), "pw_cmd": "pw.x", "mpi_cmd": ""}}))
+    assert launch_workers(str(launchpad_file), str(fworker), 1, tmp_path / "dft", sleep=1) == [0]
+    fws = list(launchpad.fireworks.find({"spec.candidate": "wall:al"}, {"state": 1, "spec.continuation": 1}))
+    assert len(fws) >= 2 and {fw["state"] for fw in fws} == {"COMPLETED"}  # at least one continuation
+    assert sorted(fw["spec"].get("continuation", 0) for fw in fws) == list(range(len(fws)))
+    d = store.candidates.find_one({"_id": "wall:al"})
+    assert d["status"] == st.DFT_DONE and d["runs"]["dft"] == 1
+    assert d["dft"]["band_gap"]["is_metal"]
+    assert any(step.get("from_checkpoint") for step in d["dft"]["steps"])
+    assert d["dft"]["structure_relaxed"]["lattice"]["a"] == pytest.approx(4.04 / 2 ** 0.5, rel=0.02)
