@@ -262,9 +262,14 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
     out["e_above_hull"] = hull["e_above_hull"]
     out["e_above_hull_unrelaxed"] = stability.hull_distance(entry_unrelaxed, pd)["e_above_hull"]
     out["stable"] = hull["e_above_hull"] <= ml["stability_threshold"]
-    band_gap = prop.predict_band_gap(relaxed, prop.load_band_gap_model(*gap_model))
-    out["band_gap"] = {**band_gap, "structure": "relaxed"}
-    out["hits"] = prop.target_hits(band_gap["band_gap"], hull["e_above_hull"], doc.get("targets") or {},
+    gap = None
+    try:  # a band-gap model that cannot predict (e.g. no neighbour within its cutoff) keeps the hull result
+        band_gap = prop.predict_band_gap(relaxed, prop.load_band_gap_model(*gap_model))
+        out["band_gap"] = {**band_gap, "structure": "relaxed"}
+        gap = band_gap["band_gap"]
+    except prop.PropertyError as exc:
+        out["band_gap_error"] = str(exc)
+    out["hits"] = prop.target_hits(gap, hull["e_above_hull"], doc.get("targets") or {},
                                    pcfg["band_gap_tolerance"], ml["stability_threshold"])
     return st.ML_DONE, {"ml": out}
 

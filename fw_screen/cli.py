@@ -165,8 +165,9 @@ def format_top(rows: list[dict]) -> str:
         ml = d["ml"]
         hit = ml.get("hits", {}).get("band_gap", {})
         target = hit.get("target")
+        gap = (ml.get("band_gap") or {}).get("band_gap")
         lines.append(f"  {d['_id']:<30} {d['reduced_formula']:<14} {d.get('spacegroup') or '-':<10} "
-                     f"{ml['e_above_hull']:>8.3f} {ml['band_gap']['band_gap']:>6.2f} "
+                     f"{ml['e_above_hull']:>8.3f} {'-' if gap is None else f'{gap:.2f}':>6} "
                      f"{'-' if target is None else f'{target:.2f}':>7} {hit.get('hit')}")
     return "\n".join(lines)
 

@@ -243,3 +243,22 @@ def test_sevennet_l3i5_energy_scale(lcno):
                     reason=f"M3GNet model folder absent ({MODELS / potentials.M3GNET_FOLDER})")
 def test_m3gnet_energy_scale(lcno):
     _assert_scale("m3gnet", potentials.get_calculator("m3gnet", MODELS), lcno)
+
+
+def test_band_gap_failure_keeps_the_hull_result(store, spec):
+    """One-element candidate (hull from the elemental references) whose cell is too dilute for MEGNet's 5 A
+    cutoff: the band gap is recorded as an error, the relaxation and hull distance are kept (ml_done)."""
+    from fw_screen import status as st
+    from fw_screen.campaign import load_references, stability_fields
+
+    load_references(store, Path(__file__).resolve().parent.parent / "examples" /
+                    "mp-elemental-reference-entries-2023-02-07.json.gz")
+    dilute = Structure(Lattice.cubic(7.5), ["Na"], [[0, 0, 0]])
+    doc = {"_id": "t:na", "elements": ["Na"], "structure_reduced": dilute.as_dict(),
+           "targets": {"band_gap": {"value": 0.072}}}
+    status, fields = stability_fields(doc, spec, store)
+    ml = fields["ml"]
+    assert status == st.ML_DONE, ml.get("reason")
+    assert ml["e_above_hull"] > 0.1  # far above bcc Na: the unary hull is the elemental reference
+    assert "nan" in ml["band_gap_error"] and "band_gap" not in ml
+    assert ml["hits"]["band_gap"]["hit"] is None and ml["hits"]["stability"]["hit"] is False
