@@ -402,7 +402,7 @@ def run_promotion(store: ResultsStore, campaign: str) -> dict:
         if key not in checked:
             try:
                 phases = dft_reference_phases(store, structure, spec)
-                big = [p["formula"] for p in phases if len(p["structure"]) > spec["dft"]["reference_max_sites"]]
+                big = oversized_phases(phases, spec)
                 checked[key] = (not big, f"DFT reference phases {', '.join(p['formula'] for p in phases)}" if not big
                                 else f"reference phase(s) {', '.join(big)} > {spec['dft']['reference_max_sites']} sites")
             except Exception as exc:  # e.g. elemental references without structures
@@ -448,6 +448,11 @@ def dft_reference_phases(store: ResultsStore, structure: Structure, spec: dict) 
                                 polymorph_tolerance=spec["dft"]["reference_polymorph_tolerance"])
 
 
+def oversized_phases(phases: list[dict], spec: dict) -> list[str]:
+    """Formulas of the reference phases larger than ``dft.reference_max_sites`` (not computed)."""
+    return [p["formula"] for p in phases if len(p["structure"]) > spec["dft"]["reference_max_sites"]]
+
+
 def dft_jobs(store: ResultsStore, candidate_ids: list[str]) -> dict:
     """The DFT work for promoted candidates: their ids and the distinct reference phases they need.
 
@@ -470,21 +475,15 @@ def dft_jobs(store: ResultsStore, candidate_ids: list[str]) -> dict:
         except Exception as exc:  # the candidate's own DFT Firework records the reason
             log.warning("no reference phases for %s: %s", doc["_id"], exc)
             continue
+        too_big = set(oversized_phases(phases, spec))
         for phase in phases:
-            if (system, phase["key"]) in seen or len(phase["structure"]) > spec["dft"]["reference_max_sites"]:
+            if (system, phase["key"]) in seen or phase["formula"] in too_big:
                 continue
             seen.add((system, phase["key"]))
             jobs["references"].append({"system": system, "key": phase["key"], "formula": phase["formula"],
                                        "kind": phase["kind"], "structure": phase["structure"].as_dict(),
                                        "campaign": doc["campaign"]})
     return jobs
-
-
-def _qe_settings(spec: dict, env: dict | None) -> dict:
-    from fw_screen import qe
-
-    settings = qe.resolve_settings(spec["dft"]["qe"], env)
-    return settings
 
 
 def _reference_id(protocol: dict, key: str) -> str:
@@ -508,7 +507,7 @@ def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: di
     from fw_screen import qe
 
     spec = store.campaign_spec(campaign)
-    settings = _qe_settings(spec, env)
+    settings = qe.resolve_settings(spec["dft"]["qe"], env)
     structure = phase["structure"]  # FireWorks turns MSONable dicts in task parameters into objects
     structure = Structure.from_dict(structure) if isinstance(structure, dict) else structure
     phase = {**phase, "structure": structure.as_dict()}
@@ -523,7 +522,7 @@ def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: di
             "structure_initial": phase["structure"]}):
         return {"ref_id": ref_id, "status": "skipped", "reason": "computed or being computed elsewhere"}
     result = qe.run_chain(structure, protocol, settings, workdir, kind=phase["kind"], checkpoint=checkpoint,
-                          walltime_s=settings.get("walltime_s"), with_band_gap=False)  # energy only
+                          with_band_gap=False)  # energy only
     if result["status"] == "checkpoint":
         return {"ref_id": ref_id, "status": "checkpoint", "checkpoint": result["checkpoint"]}
     status = "done" if result["status"] == "completed" else "failed"
@@ -546,7 +545,7 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
         return {"status": "skipped", "reason": f"candidate {candidate_id} is "
                                                f"{'missing' if doc is None else doc['status']}, not promoted"}
     spec = store.campaign_spec(doc["campaign"])
-    settings = _qe_settings(spec, env)
+    settings = qe.resolve_settings(spec["dft"]["qe"], env)
     structure = Structure.from_dict(doc["ml"]["structure_relaxed"])
     system = "-".join(sorted(doc["elements"]))
     base = {"code": "qe", "system": system, "start": "ML-relaxed structure"}
@@ -556,7 +555,7 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
         store.transition([(candidate_id, st.PROMOTED, st.DFT_FAILED, {"dft": {**base, "reason": str(exc)}})], "dft")
         return {"status": "failed", "reason": str(exc)}
     result = qe.run_chain(structure, protocol, settings, Path(workdir) / "candidate", kind="crystal",
-                          checkpoint=checkpoint, walltime_s=settings.get("walltime_s"))
+                          checkpoint=checkpoint)
     if result["status"] == "checkpoint":
         return {"status": "checkpoint", "checkpoint": result["checkpoint"]}
     fields = {**base, **_result_fields(result), "protocol_id": protocol["id"], "protocol": protocol}
@@ -573,7 +572,7 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
         phases = dft_reference_phases(store, result["structure"], spec)
     except Exception as exc:
         phases, fields["hull_status"], fields["hull_reason"] = [], "not_computed", f"{type(exc).__name__}: {exc}"
-    too_big = [p["formula"] for p in phases if len(p["structure"]) > spec["dft"]["reference_max_sites"]]
+    too_big = oversized_phases(phases, spec)
     if too_big:
         fields["hull_status"] = "not_computed"
         fields["hull_reason"] = (f"reference phase(s) {', '.join(too_big)} larger than "

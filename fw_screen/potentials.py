@@ -179,6 +179,20 @@ def _m3gnet_node_update_onto_dst(self, edge_index, edge_feat, node_feat, rbf, u_
     return scatter_add(mess, dst, dim_size=num_nodes, dim=0)
 
 
+def rebind_node_update(module, layer_cls, node_update, marker: str) -> int:
+    """Bind ``node_update`` as ``node_update_`` of every ``layer_cls`` instance in ``module`` not yet marked
+    with ``marker``; returns how many changed.  Instances only: the matgl class itself is untouched."""
+    import types
+
+    changed = 0
+    for layer in module.modules():
+        if isinstance(layer, layer_cls) and not getattr(layer, marker, False):
+            layer.node_update_ = types.MethodType(node_update, layer)
+            setattr(layer, marker, True)
+            changed += 1
+    return changed
+
+
 def use_dgl_node_aggregation(model) -> int:
     """Make the M3GNet graph convolutions of ``model`` sum node messages onto the edge's destination atom, as
     the DGL-era matgl these checkpoints were trained with did.  Returns the number of layers changed.
@@ -199,17 +213,9 @@ def use_dgl_node_aggregation(model) -> int:
     weights are unchanged, and a second call changes nothing.  Apply it only to DGL-era checkpoints
     (:func:`is_dgl_era_checkpoint`): a model trained with matgl 4's own rule must keep it.
     """
-    import types
-
     from matgl.layers._graph_convolution import M3GNetGraphConv
 
-    changed = 0
-    for layer in model.modules():
-        if isinstance(layer, M3GNetGraphConv) and not getattr(layer, "_fw_dgl_node_aggregation", False):
-            layer.node_update_ = types.MethodType(_m3gnet_node_update_onto_dst, layer)
-            layer._fw_dgl_node_aggregation = True
-            changed += 1
-    return changed
+    return rebind_node_update(model, M3GNetGraphConv, _m3gnet_node_update_onto_dst, "_fw_dgl_node_aggregation")
 
 
 def load_matgl_calculator(folder: str | os.PathLike, dgl_aggregation: bool | None = None):

@@ -154,17 +154,11 @@ def use_dgl_edge_aggregation(module) -> int:
     Only the instances in ``module`` change (the matgl class is untouched); a second call changes nothing.
     Apply it only to DGL-era checkpoints (:func:`is_dgl_era_megnet`).
     """
-    import types
-
     from matgl.layers._graph_convolution import MEGNetGraphConv
 
-    changed = 0
-    for layer in module.modules():
-        if isinstance(layer, MEGNetGraphConv) and not getattr(layer, "_fw_dgl_edge_aggregation", False):
-            layer.node_update_ = types.MethodType(_megnet_node_update_onto_dst, layer)
-            layer._fw_dgl_edge_aggregation = True
-            changed += 1
-    return changed
+    from fw_screen.potentials import rebind_node_update
+
+    return rebind_node_update(module, MEGNetGraphConv, _megnet_node_update_onto_dst, "_fw_dgl_edge_aggregation")
 
 
 _LOCK = threading.RLock()

@@ -195,6 +195,17 @@ class _PWHandler(ErrorHandler):
         path = Path(directory) / self.output_file
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def _found(self, directory, messages) -> list[str]:
+        """Which of ``messages`` the output holds."""
+        text = self._text(directory)
+        return [m for m in messages if m in text]
+
+    @staticmethod
+    def _lower_mixing(electrons: dict) -> float | None:
+        """mixing_beta x0.6, not below 0.1; None when it is already at 0.1."""
+        beta = float(electrons.get("mixing_beta", 0.7))
+        return round(max(0.1, beta * 0.6), 4) if beta > 0.1 + 1e-9 else None
+
     def _edit(self, directory, changes: dict[tuple[str, str], object]) -> list[dict]:
         """Set ``(section, key) -> value`` in the input; returns custodian-style actions."""
         path = Path(directory) / self.input_file
@@ -252,10 +263,9 @@ class PWSCFConvergenceHandler(_PWHandler):
         if conv < loosest * 0.999:
             changes[("electrons", "conv_thr")] = float(f"{min(conv * 10.0, loosest):.4g}")
         else:
-            beta = float(el.get("mixing_beta", 0.7))
             maxstep = int(el.get("electron_maxstep", 100))
-            if beta > 0.1 + 1e-9:
-                changes[("electrons", "mixing_beta")] = round(max(0.1, beta * 0.6), 4)
+            if self._lower_mixing(el) is not None:
+                changes[("electrons", "mixing_beta")] = self._lower_mixing(el)
             if maxstep < 1000:
                 changes[("electrons", "electron_maxstep")] = min(1000, max(200, 2 * maxstep))
             if int(el.get("mixing_ndim", 8)) < 12:
@@ -278,21 +288,18 @@ class PWDiagonalizationHandler(_PWHandler):
     """
 
     def check(self, directory="./"):
-        text = self._text(directory)
-        return any(m in text for m in DIAGONALIZATION_MESSAGES)
+        return bool(self._found(directory, DIAGONALIZATION_MESSAGES))
 
     def correct(self, directory="./"):
-        text = self._text(directory)
-        errors = [m for m in DIAGONALIZATION_MESSAGES if m in text]
+        errors = self._found(directory, DIAGONALIZATION_MESSAGES)
         pwin = read_input(Path(directory) / self.input_file)
         el = pwin.sections["electrons"]
         diag = str(el.get("diagonalization", "david")).lower()
         nxt = {"david": "cg", "cg": "ppcg"}.get(diag)
-        beta = float(el.get("mixing_beta", 0.7))
         if nxt:
             changes = {("electrons", "diagonalization"): nxt}
-        elif beta > 0.1 + 1e-9:
-            changes = {("electrons", "mixing_beta"): round(max(0.1, beta * 0.6), 4)}
+        elif self._lower_mixing(el) is not None:
+            changes = {("electrons", "mixing_beta"): self._lower_mixing(el)}
         else:
             return {"errors": errors, "actions": None}
         return {"errors": errors, "actions": self._edit(directory, changes)}
@@ -332,12 +339,10 @@ class PWRelaxRestartHandler(_PWHandler):
     """
 
     def check(self, directory="./"):
-        text = self._text(directory)
-        return any(m in text for m in RELAX_MESSAGES)
+        return bool(self._found(directory, RELAX_MESSAGES))
 
     def correct(self, directory="./"):
-        text = self._text(directory)
-        errors = [m for m in RELAX_MESSAGES if m in text]
+        errors = self._found(directory, RELAX_MESSAGES)
         restart = self._restart_from_output(directory)
         return {"errors": errors, "actions": [restart] if restart else None}
 
@@ -376,10 +381,10 @@ class PWWalltimeHandler(_PWHandler):
         self.grace_s = grace_s
 
     def check(self, directory="./"):
-        text = self._text(directory)
-        if any(m in text for m in WALLTIME_MESSAGES):
+        if self._found(directory, WALLTIME_MESSAGES):
             return True
-        return self.deadline is not None and time.time() > self.deadline + self.grace_s and "JOB DONE." not in text
+        return (self.deadline is not None and time.time() > self.deadline + self.grace_s
+                and "JOB DONE." not in self._text(directory))
 
     def correct(self, directory="./"):
         return {"errors": ["wall time reached"], "actions": None}

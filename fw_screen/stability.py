@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from functools import lru_cache
 
 import numpy as np
 from ase.filters import FrechetCellFilter
@@ -180,15 +181,28 @@ def relax(structure: Structure, calculator, fmax: float = 0.05, max_steps: int =
 
 
 # ------------------------------------------------------------------------------------------ MP scale
-_COMPAT: MaterialsProject2020Compatibility | None = None
+@lru_cache(maxsize=2)
+def mp2020_compatibility(check_potcar: bool = False) -> MaterialsProject2020Compatibility:
+    """MP2020, built once per setting: POTCAR checks off for ML energies (no POTCARs), on for DFT runs."""
+    return MaterialsProject2020Compatibility(check_potcar=check_potcar)
 
 
-def mp2020_compatibility() -> MaterialsProject2020Compatibility:
-    """MP2020 with POTCAR checks off (ML energies have no POTCARs), built once."""
-    global _COMPAT
-    if _COMPAT is None:
-        _COMPAT = MaterialsProject2020Compatibility(check_potcar=False)
-    return _COMPAT
+def mp2020_process(entry, check_potcar: bool = False):
+    """``entry`` with MP2020 corrections; :class:`CorrectionError` when the scheme raises or rejects it
+    (``process_entry`` returns None for a missing or mismatched run type, U value or POTCAR)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            processed = mp2020_compatibility(check_potcar).process_entry(entry)
+    except Exception as exc:
+        raise CorrectionError(f"MP2020 correction failed: {type(exc).__name__}: {exc}") from exc
+    if processed is None:
+        params = entry.parameters
+        potcars = (f", POTCARs {[s.get('titel') for s in params.get('potcar_spec') or []]}"
+                   if check_potcar else "")
+        raise CorrectionError(f"MP2020 compatibility rejected the entry ({entry.composition.reduced_formula}, "
+                              f"{params.get('run_type')}, U {params.get('hubbards')}{potcars})")
+    return processed
 
 
 def mp_parameters(composition: Composition) -> dict:
@@ -232,17 +246,8 @@ def ml_entry(structure: Structure, energy_total: float, potential_name: str,
         return ComputedStructureEntry(structure, energy_total, entry_id=entry_id,
                                       parameters={"potential": potential_name}, data=data)
     params = {**mp_parameters(structure.composition), "potential": potential_name}
-    entry = ComputedStructureEntry(structure, energy_total, entry_id=entry_id, parameters=params, data=data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            processed = mp2020_compatibility().process_entry(entry)
-    except Exception as exc:
-        raise CorrectionError(f"MP2020 correction failed: {type(exc).__name__}: {exc}") from exc
-    if processed is None:
-        raise CorrectionError(f"MP2020 compatibility rejected the entry ({structure.composition.reduced_formula}, "
-                              f"{params['run_type']}, U {params['hubbards']})")
-    return processed
+    return mp2020_process(ComputedStructureEntry(structure, energy_total, entry_id=entry_id, parameters=params,
+                                                 data=data))
 
 
 # ------------------------------------------------------------------------------------------ the hull

@@ -178,37 +178,6 @@ def vasp_entry(task_doc: dict, entry_id: str | None = None):
                                   parameters=params, data={"task_id": task_doc.get("task_id"), "code": "vasp"})
 
 
-def mp2020_process(entry):
-    """``entry`` with MP2020 corrections; raises CorrectionError when the scheme rejects it (MP2020 checks the
-    POTCAR symbols, from ``potcar_spec`` titels, against MPRelaxSet's)."""
-    from fw_screen.stability import CorrectionError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            processed = _mp2020_checked().process_entry(entry)
-    except Exception as exc:
-        raise CorrectionError(f"MP2020 correction failed: {type(exc).__name__}: {exc}") from exc
-    if processed is None:
-        raise CorrectionError(f"MP2020 compatibility rejected the entry ({entry.composition.reduced_formula}, "
-                              f"{entry.parameters.get('run_type')}, U {entry.parameters.get('hubbards')}, "
-                              f"POTCARs {[s.get('titel') for s in entry.parameters.get('potcar_spec') or []]})")
-    return processed
-
-
-_COMPAT = None
-
-
-def _mp2020_checked():
-    """MP2020 with its POTCAR check on (DFT runs have POTCARs; fw_screen.stability's is for ML energies)."""
-    global _COMPAT
-    if _COMPAT is None:
-        from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
-
-        _COMPAT = MaterialsProject2020Compatibility(check_potcar=True)
-    return _COMPAT
-
-
 def vasp_result(task_docs: list[dict], reference_entry_docs: list[dict], candidate_id: str,
                 failures: list[str] | None = None) -> dict:
     """The ``dft`` field of a candidate from its atomate task documents (pure: no database).
@@ -247,7 +216,7 @@ def vasp_result(task_docs: list[dict], reference_entry_docs: list[dict], candida
     out["band_gap"] = {"band_gap": float(uo["bandgap"]), "is_direct": bool(uo.get("is_gap_direct")),
                        "is_metal": bool(uo.get("is_metal")), "cbm": uo.get("cbm"), "vbm": uo.get("vbm")}
     try:
-        entry = mp2020_process(vasp_entry(static, entry_id=candidate_id))
+        entry = stability.mp2020_process(vasp_entry(static, entry_id=candidate_id), check_potcar=True)
     except stability.CorrectionError as exc:
         out.update(energy_per_atom=None, e_above_hull=None, decomposition=[], reason=str(exc))
         return out
