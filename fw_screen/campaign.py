@@ -344,24 +344,20 @@ def load_references(store: ResultsStore, source: str | Path, set_name: str | Non
 
 
 # ------------------------------------------------------------------------------------------ reports
-def yields(row: dict) -> dict:
-    """Rates from one row of :meth:`ResultsStore.yield_counts`, as CrystaLLM-pi and MatterGen define them.
-
-    V, VU, VUN, VSUN are fractions of all inputs (S: ML e_above_hull <= ml.stability_threshold); target
-    hits are fractions of the candidates with a band-gap prediction (the novel ones) and of VSUN.
-    """
-    n = row["inputs"]
-
-    def frac(a, b):
-        return a / b if b else None
-
-    return {"V": frac(row["valid"], n), "VU": frac(row["unique"], n), "VUN": frac(row["novel"], n),
-            "VSUN": frac(row["stable"], n), "hit_among_predicted": frac(row["band_gap_hit"], row["band_gap_predicted"]),
-            "hit_among_VSUN": frac(row["stable_and_hit"], row["stable"])}
-
-
 def funnel_report(store: ResultsStore, campaign: str) -> dict:
-    counts = store.status_counts(campaign)
+    """Status counts, the cumulative funnel, first failing validity checks, the CrystaLLM-pi / MatterGen
+    yields at the campaign's stability threshold (overall and per band-gap condition) and the DFT summary.
+
+    One pass over the campaign gives the status counts and the yields (:meth:`ResultsStore.yield_count_rows`);
+    the first failures read the invalid candidates only, the DFT summary the promoted ones."""
+    from fw_screen.db import sum_yield_rows
+    from fw_screen.property import yield_rates
+
+    names = store.campaign_names()
+    thr = store.campaign_spec(campaign)["ml"]["stability_threshold"] if campaign in names else 0.1
+    rows = store.yield_count_rows(campaign, [thr])
+    total = sum_yield_rows(rows)
+    counts = total["status"]
     report = {"campaign": campaign, "status": counts, "funnel": st.funnel(counts),
               "first_failure": store.failure_counts(campaign)}
     f = report["funnel"]
@@ -373,9 +369,14 @@ def funnel_report(store: ResultsStore, campaign: str) -> dict:
         "novelty_among_unique": f["novel"] / f["unique"] if f["unique"] else None,
     }
     report["dft"] = store.dft_summary(campaign)
-    report["by_condition"] = [{**row, **yields(row)} for row in store.yield_counts(campaign)]
-    total = store.yield_counts(campaign, by=None)
-    report["yields"] = {**total[0], **yields(total[0])} if total else {}
+    report["stability_threshold"] = thr
+
+    def with_rates(row: dict) -> dict:
+        c = row["counts"][thr]
+        return {"condition": row["condition"], "n": row["n"], **c, **yield_rates(c, row["n"])}
+
+    report["by_condition"] = [with_rates(r) for r in rows]
+    report["yields"] = with_rates(total) if rows else {}
     return report
 
 
@@ -621,10 +622,7 @@ def update_dft_hulls(store: ResultsStore, protocol_id: str | None = None) -> int
                                                                   "hull_reason": "reference failed: " + "; ".join(failed)})
             continue
         spec = store.campaign_spec(doc["campaign"])
-        refs_in = [{"key": r["key"], "structure": Structure.from_dict(r["result"]["structure_relaxed"]),
-                    "energy_total": r["result"]["energy_total"]} for r in refs_.values()]
-        cand = {"key": doc["_id"], "structure": Structure.from_dict(d["structure_relaxed"]),
-                "energy_total": d["energy_total"]}
+        cand, refs_in = dft.hull_inputs(doc["_id"], d, refs_.values())
         try:
             hull = dft.dft_hull(cand, refs_in)
         except dft.HullError as exc:

@@ -88,6 +88,11 @@ class ResultsStore:
         c.create_index([("campaign", ASCENDING), ("ml_batch", ASCENDING)])
         c.create_index([("dft.protocol_id", ASCENDING), ("dft.hull_status", ASCENDING)])
         self.dft_references.create_index([("protocol_id", ASCENDING), ("key", ASCENDING)])
+        # analysis: hull tables sorted by ML/DFT hull distance, filtered by chemical system or condition
+        c.create_index([("campaign", ASCENDING), ("ml.e_above_hull", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("dft.e_above_hull", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("chemsys", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("targets.band_gap.value", ASCENDING), ("status", ASCENDING)])
 
     # ------------------------------------------------------------------------------------ campaigns
     def register_campaign(self, spec: dict) -> dict:
@@ -192,37 +197,6 @@ class ResultsStore:
         pipeline = [{"$match": {"campaign": campaign}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
         return {d["_id"]: d["n"] for d in self.candidates.aggregate(pipeline)}
 
-    def status_counts_by(self, campaign: str, field: str) -> dict:
-        """{value of ``field``: {status: count}} in one aggregation (e.g. field="targets.band_gap.value")."""
-        pipeline = [{"$match": {"campaign": campaign}},
-                    {"$group": {"_id": {"k": f"${field}", "s": "$status"}, "n": {"$sum": 1}}}]
-        out: dict = {}
-        for d in self.candidates.aggregate(pipeline):
-            out.setdefault(d["_id"].get("k"), {})[d["_id"]["s"]] = d["n"]
-        return out
-
-    def yield_counts(self, campaign: str, by: str | None = "targets.band_gap.value") -> list[dict]:
-        """Funnel and target-hit counts per condition (one aggregation; ``by=None``: whole campaign)."""
-        valid = [st.VALID, st.DUPLICATE, st.KNOWN, *st.NOVEL_OR_LATER]
-
-        def count(cond):
-            return {"$sum": {"$cond": [cond, 1, 0]}}
-
-        stable = {"$eq": ["$ml.stable", True]}
-        hit = {"$eq": ["$ml.hits.band_gap.hit", True]}
-        group = {"_id": f"${by}" if by else None, "inputs": {"$sum": 1},
-                 "valid": count({"$in": ["$status", valid]}),
-                 "unique": count({"$in": ["$status", [st.KNOWN, *st.NOVEL_OR_LATER]]}),
-                 "novel": count({"$in": ["$status", list(st.NOVEL_OR_LATER)]}),
-                 "ml_done": count({"$in": ["$status", list(st.ML_DONE_OR_LATER)]}),
-                 "stable": count(stable),
-                 "band_gap_predicted": count({"$in": ["$ml.hits.band_gap.hit", [True, False]]}),
-                 "band_gap_hit": count(hit),
-                 "stable_and_hit": count({"$and": [stable, hit]})}
-        rows = self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$group": group},
-                                          {"$sort": {"_id": 1}}])
-        return [{"condition": r.pop("_id"), **r} for r in rows]
-
     def top_candidates(self, campaign: str, n: int = 10) -> list[dict]:
         """The ``n`` ML-done candidates lowest above the hull (an indexed sort would want ml.e_above_hull)."""
         fields = {"reduced_formula": 1, "spacegroup": 1, "nsites": 1, "ml.e_above_hull": 1,
@@ -234,6 +208,161 @@ class ResultsStore:
         pipeline = [{"$match": {"campaign": campaign, "status": "invalid"}},
                     {"$group": {"_id": "$validity.first_failure", "n": {"$sum": 1}}}]
         return {str(d["_id"]): d["n"] for d in self.candidates.aggregate(pipeline)}
+
+    # ------------------------------------------------------------------------------------ analysis
+    def yield_count_rows(self, campaign: str, thresholds: Iterable[float],
+                         by: str = "targets.band_gap.value") -> list[dict]:
+        """Counts behind the CrystaLLM-pi / MatterGen yields per value of ``by``, at every stability threshold,
+        in one aggregation (one pass over the campaign: on the embedded server each pass costs ~0.5-1 ms per
+        valid candidate, so the thresholds, the conditions and the status counts share it).
+
+        Returns ``[{"condition", "n", "status": {status: count}, "counts": {threshold: {...}}}]``, each
+        ``{...}`` holding the counts :func:`fw_screen.property.yields` computes from records (``valid``,
+        ``valid_unique``, ``vun``, ``vun_evaluated``, ``vsun``, ``valid_band_gap_evaluated``, ...) with
+        ``stable`` = ML ``e_above_hull <= threshold``.  :func:`sum_yield_rows` adds rows up.
+        """
+        thresholds = [float(t) for t in thresholds]
+        valid = {"$in": ["$status", list(st.VALID_OR_LATER)]}
+        unique = {"$in": ["$status", [st.KNOWN, *st.NOVEL_OR_LATER]]}
+        vun = {"$in": ["$status", list(st.NOVEL_OR_LATER)]}
+        e = "$ml.e_above_hull"
+        evaluated = {"$and": [vun, {"$in": [{"$type": e}, ["double", "int", "long", "decimal"]]}, {"$eq": [e, e]}]}
+        gap_known = {"$in": ["$ml.hits.band_gap.hit", [True, False]]}
+        hit = {"$eq": ["$ml.hits.band_gap.hit", True]}
+
+        def count(*conds):
+            return {"$sum": {"$cond": [{"$and": list(conds)} if len(conds) > 1 else conds[0], 1, 0]}}
+
+        group = {"_id": f"${by}", "n": {"$sum": 1}, "valid": count(valid), "valid_unique": count(unique),
+                 "vun": count(vun), "vun_evaluated": count(evaluated),
+                 "valid_band_gap_evaluated": count(valid, gap_known), "valid_band_gap_hits": count(valid, hit)}
+        for i, thr in enumerate(thresholds):
+            vsun = {"$and": [evaluated, {"$lte": [e, thr]}]}
+            group.update({f"vsun_{i}": count(vsun), f"vsun_band_gap_evaluated_{i}": count(vsun, gap_known),
+                          f"vsun_band_gap_hits_{i}": count(vsun, hit)})
+        for i, status in enumerate(st.ORDER):
+            group[f"status_{i}"] = count({"$eq": ["$status", status]})
+        out = []
+        for r in self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$group": group},
+                                            {"$sort": {"_id": 1}}]):
+            shared = {k: r[k] for k in ("valid", "valid_unique", "vun", "vun_evaluated", "valid_band_gap_evaluated",
+                                        "valid_band_gap_hits")}
+            counts = {thr: {**shared, "vsun": r[f"vsun_{i}"],
+                            "vsun_band_gap_evaluated": r[f"vsun_band_gap_evaluated_{i}"],
+                            "vsun_band_gap_hits": r[f"vsun_band_gap_hits_{i}"]} for i, thr in enumerate(thresholds)}
+            status = {s_: r[f"status_{i}"] for i, s_ in enumerate(st.ORDER) if r[f"status_{i}"]}
+            out.append({"condition": r["_id"], "n": r["n"], "status": status, "counts": counts})
+        return out
+
+    def hull_table_rows(self, match: dict, sort: list[tuple[str, int]] | None = None,
+                        limit: int | None = None) -> list[dict]:
+        """One flat row per candidate matching ``match`` (see :data:`HULL_TABLE_PROJECTION`), sorted in the
+        database (sort keys are row columns, e.g. ``[("ml_e_above_hull", 1)]``)."""
+        pipeline: list[dict] = [{"$match": match}]
+        sort_doc = {HULL_TABLE_SORT_FIELDS.get(k, k): d for k, d in (sort or [])}
+        if sort_doc:
+            sort_doc.setdefault("seq", 1)
+            pipeline.append({"$sort": sort_doc})
+        if limit:
+            pipeline.append({"$limit": int(limit)})
+        pipeline.append({"$project": HULL_TABLE_PROJECTION})
+        columns = [k for k in HULL_TABLE_PROJECTION if k != "_id"]
+        rows = self.candidates.aggregate(match_stages(match) + pipeline[1:], allowDiskUse=True)
+        # $project leaves out a field the document does not have: every row gets every column
+        return [{c: r.get(c) for c in columns} for r in rows]
+
+    def structures_of(self, ids: list[str], relaxed: bool = True) -> dict[str, dict]:
+        """{candidate id: structure dict}: the DFT-, else ML-relaxed, else as-generated structure."""
+        fields = {"structure": 1, "ml.structure_relaxed": 1, "dft.structure_relaxed": 1}
+        out = {}
+        for d in self.candidates.find({"_id": {"$in": list(ids)}}, fields):
+            ml, dft = d.get("ml") or {}, d.get("dft") or {}
+            out[d["_id"]] = ((dft.get("structure_relaxed") or ml.get("structure_relaxed")) if relaxed else None) \
+                or d.get("structure")
+        return out
+
+    def stage_flags(self, campaign: str) -> list[dict]:
+        """``{_id, status, ml.stable, dft.stable}`` of every valid-or-later candidate of a campaign (indexed on
+        campaign + status; a few fields per document, for grouping candidates without reading structures)."""
+        return list(self.candidates.find({"campaign": campaign, "status": {"$in": list(st.VALID_OR_LATER)}},
+                                         {"_id": 1, "status": 1, "ml.stable": 1, "dft.stable": 1}))
+
+    def reference_ids(self) -> list[str]:
+        return sorted(d["_id"] for d in self.references.find({}, {"_id": 1}))
+
+    def documents_by_id(self, collection: str, ids: list, fields: list[str], chunk: int = 500) -> dict:
+        """``{_id: document}`` with only ``fields``, fetched by ``_id`` in chunks (``candidates`` or
+        ``references``)."""
+        if collection not in (CANDIDATES, REFERENCES):
+            raise StoreError(f"documents_by_id reads candidates or references, not {collection!r}")
+        coll, out = self.db[collection], {}
+        ids = list(ids)
+        for i in range(0, len(ids), chunk):
+            for d in coll.find({"_id": {"$in": ids[i:i + chunk]}}, {f: 1 for f in fields}):
+                out[d["_id"]] = d
+        return out
+
+    def explain(self, match: dict, sort: list[tuple[str, int]] | None = None) -> dict:
+        """How the database runs a candidates query as :meth:`hull_table_rows` sends it (MongoDB ``explain``):
+        the winning plan of its index-backed first ``$match`` and that stage's execution counts."""
+        stages = match_stages(match)
+        first = stages[0]["$match"]
+        cmd = {"find": CANDIDATES, "filter": first}
+        if sort and len(stages) == 1:
+            cmd["sort"] = {HULL_TABLE_SORT_FIELDS.get(k, k): d for k, d in sort}
+        ex = self.db.command("explain", cmd, verbosity="executionStats")
+        return {"winning_plan": ex["queryPlanner"]["winningPlan"], "stats": ex.get("executionStats", {}),
+                "first_match": first, "later_matches": [s["$match"] for s in stages[1:]]}
+
+    # -------------------------------------------------------------------------------------- report
+    def campaign_info(self, name: str) -> dict:
+        """``{"name", "created", "spec"}`` of a campaign (StoreError when there is none)."""
+        doc = self.campaigns.find_one({"_id": name}, {"spec": 1, "created": 1})
+        if doc is None:
+            raise StoreError(f"unknown campaign {name!r}")
+        return {"name": name, "created": doc.get("created"), "spec": doc["spec"]}
+
+    def campaign_overview(self, campaign: str) -> dict:
+        """``{"status": {status: n}, "inputs": [{"file", "n", "submissions"}]}``: candidates per status and per
+        input file, from one aggregation (one pass over the campaign)."""
+        rows = list(self.candidates.aggregate([
+            {"$match": {"campaign": campaign}},
+            {"$group": {"_id": {"status": "$status", "file": "$source.file"}, "n": {"$sum": 1},
+                        "submissions": {"$addToSet": "$submission"}}}]))
+        status: dict[str, int] = {}
+        files: dict = {}
+        for r in rows:
+            key = r["_id"]
+            status[key.get("status")] = status.get(key.get("status"), 0) + r["n"]
+            f = files.setdefault(key.get("file"), {"file": key.get("file"), "n": 0, "submissions": set()})
+            f["n"] += r["n"]
+            f["submissions"].update(r["submissions"])
+        inputs = [{**f, "submissions": len(f["submissions"])}
+                  for f in sorted(files.values(), key=lambda f: (f["file"] is None, str(f["file"])))]
+        return {"status": status, "inputs": inputs}
+
+    def values_by_condition(self, campaign: str, fields: dict[str, str], statuses: Iterable[str],
+                            by: str = "targets.band_gap.value") -> list[dict]:
+        """Per value of ``by`` (the band-gap target): ``{"condition", "n", name: [value, ...]}`` for the
+        candidates in ``statuses`` (indexed), one list per ``fields`` entry (name -> dotted field), aligned: a
+        missing value is None.  One aggregation: the database groups, no document comes back."""
+        group: dict = {"_id": f"${by}", "n": {"$sum": 1}}
+        group.update({name: {"$push": {"$ifNull": [f"${path}", None]}} for name, path in fields.items()})
+        rows = self.candidates.aggregate([{"$match": {"campaign": campaign, "status": {"$in": list(statuses)}}},
+                                          {"$group": group}, {"$sort": {"_id": 1}}], allowDiskUse=True)
+        return [{"condition": r.pop("_id"), **r} for r in rows]
+
+    def dft_done_candidates(self, campaign: str) -> list[dict]:
+        """DFT-done candidates with what their DFT hull was built from (``dft.structure_relaxed``,
+        ``dft.energy_total``, ``dft.references``, ``dft.protocol_id``, ``dft.code``) and its result
+        (``dft.hull_status``, ``dft.e_above_hull``, ...), by chemical system.  Reads the DFT-done candidates
+        only (campaign + status index): few, so sorted here."""
+        fields = {"reduced_formula": 1, "chemsys": 1, "elements": 1, "targets.band_gap.value": 1,
+                  "ml.e_above_hull": 1, "dft.code": 1, "dft.structure_relaxed": 1, "dft.energy_total": 1,
+                  "dft.references": 1, "dft.protocol_id": 1, "dft.hull_status": 1, "dft.e_above_hull": 1,
+                  "dft.decomposition": 1, "dft.stable": 1}
+        docs = list(self.candidates.find({"campaign": campaign, "status": st.DFT_DONE}, fields))
+        return sorted(docs, key=lambda d: (str(d.get("chemsys") or "-".join(sorted(d.get("elements") or []))), d["_id"]))
 
     # ---------------------------------------------------------------------------------- references
     def add_references(self, docs: list[dict]) -> dict:
@@ -407,6 +536,95 @@ class ResultsStore:
         self.locks.update_one({"_id": name, "owner": owner}, {"$set": {"owner": None, "expires": None}})
 
 
+#: query fields of ``candidates`` with a (campaign, field) index, in the order a campaign query is narrowed
+#: by them (e_above_hull ranges first: only ML-/DFT-done candidates have one)
+INDEXED_FIELDS = ("ml.e_above_hull", "dft.e_above_hull", "chemsys", "status", "targets.band_gap.value")
+
+
+def match_stages(match: dict) -> list[dict]:
+    """A candidates filter as ``$match`` stages: campaign + the one indexed condition that narrows it most,
+    then the rest.
+
+    The embedded server's planner scans the whole collection when one ``$match`` could use two indexes
+    (e.g. a status list and an e_above_hull range), and a scan costs ~0.4 ms per document there; with the
+    index-backed condition alone in the first stage it fetches only what that index finds.  MongoDB merges
+    consecutive ``$match`` stages, so the result is the same query there.
+    """
+    parts = [{k: v for k, v in match.items() if k != "$and"}] + list(match.get("$and", []))
+    conds = [(k, v) for p in parts for k, v in p.items()]
+    if "campaign" not in match or any(k.startswith("$") for k, _ in conds):
+        return [{"$match": match}]
+
+    def indexable(k, v):
+        return k in INDEXED_FIELDS and not (isinstance(v, dict) and "$not" in v)
+
+    primary = next((i for f in INDEXED_FIELDS for i, (k, v) in enumerate(conds) if k == f and indexable(k, v)), None)
+    first = {"campaign": match["campaign"]}
+    if primary is not None:
+        first[conds[primary][0]] = conds[primary][1]
+    rest = [{k: v} for i, (k, v) in enumerate(conds) if k != "campaign" and i != primary]
+    stages = [{"$match": first}]
+    if rest:
+        stages.append({"$match": rest[0] if len(rest) == 1 else {"$and": rest}})
+    return stages
+
+
+def _join_formulas(path: str) -> dict:
+    """Aggregation expression: ``"A + B"`` from an array of ``{formula: ...}`` (missing: None)."""
+    return {"$cond": [{"$isArray": path}, {"$reduce": {
+        "input": path, "initialValue": "",
+        "in": {"$concat": ["$$value", {"$cond": [{"$eq": ["$$value", ""]}, "", " + "]}, "$$this.formula"]}}}, None]}
+
+
+#: hull-table column -> document field it sorts on
+HULL_TABLE_SORT_FIELDS = {
+    "id": "_id", "formula": "reduced_formula", "spacegroup": "spacegroup_number", "nsites": "nsites",
+    "chemsys": "chemsys", "status": "status", "condition": "targets.band_gap.value",
+    "ml_e_above_hull": "ml.e_above_hull", "ml_e_above_hull_unrelaxed": "ml.e_above_hull_unrelaxed",
+    "dft_e_above_hull": "dft.e_above_hull", "ml_band_gap": "ml.band_gap.band_gap",
+    "dft_band_gap": "dft.band_gap.band_gap", "seq": "seq",
+}
+
+#: the hull-distance table's columns, computed by the database (``$project`` of one aggregation)
+HULL_TABLE_PROJECTION = {
+    "_id": 0, "id": "$_id", "formula": "$reduced_formula", "spacegroup": "$spacegroup", "nsites": "$nsites",
+    "chemsys": "$chemsys", "condition": "$targets.band_gap.value", "status": "$status",
+    "valid": {"$in": ["$status", list(st.VALID_OR_LATER)]},
+    "unique": {"$in": ["$status", [st.KNOWN, *st.NOVEL_OR_LATER]]},
+    "novel": {"$in": ["$status", list(st.NOVEL_OR_LATER)]},
+    "ml_e_above_hull": "$ml.e_above_hull", "ml_e_above_hull_unrelaxed": "$ml.e_above_hull_unrelaxed",
+    "ml_decomposition": _join_formulas("$ml.hull.decomposition"), "ml_stable": "$ml.stable",
+    "ml_band_gap": "$ml.band_gap.band_gap", "ml_band_gap_hit": "$ml.hits.band_gap.hit",
+    "dft_e_above_hull": "$dft.e_above_hull", "dft_decomposition": _join_formulas("$dft.decomposition"),
+    "dft_stable": "$dft.stable", "dft_band_gap": "$dft.band_gap.band_gap",
+    "dft_band_gap_hit": "$dft.hits.band_gap.hit",
+    "reason": {"$switch": {"branches": [
+        {"case": {"$eq": ["$status", st.INVALID]}, "then": "$validity.reason"},
+        {"case": {"$eq": ["$status", st.DUPLICATE]}, "then": {"$concat": ["duplicate of ", {"$toString": "$duplicate_of"}]}},
+        {"case": {"$eq": ["$status", st.KNOWN]},
+         "then": {"$concat": ["matches reference ", {"$toString": "$matched_reference"}]}},
+        {"case": {"$in": ["$status", [st.NO_REFERENCE, st.ML_FAILED]]}, "then": "$ml.reason"},
+        {"case": {"$eq": ["$status", st.DFT_FAILED]}, "then": "$dft.reason"},
+        {"case": {"$eq": ["$status", st.PROMOTED]}, "then": "$promotion.reason"},
+        {"case": {"$eq": ["$status", st.DFT_DONE]}, "then": {"$ifNull": ["$dft.hull_reason", "$promotion.reason"]}}],
+        "default": None}},
+}
+
+
+def sum_yield_rows(rows: list[dict]) -> dict:
+    """The campaign as a whole from :meth:`ResultsStore.yield_count_rows` rows (counts add up)."""
+    total: dict = {"condition": None, "n": 0, "status": {}, "counts": {}}
+    for r in rows:
+        total["n"] += r["n"]
+        for k, v in r["status"].items():
+            total["status"][k] = total["status"].get(k, 0) + v
+        for thr, c in r["counts"].items():
+            into = total["counts"].setdefault(thr, dict.fromkeys(c, 0))
+            for k, v in c.items():
+                into[k] += v
+    return total
+
+
 def new_submission_id() -> str:
     """``s20261125-061426-1a2b3c``: starts with a letter and holds no 'T', because FireWorks turns any
     spec string that ``datetime.fromisoformat`` accepts into a datetime (``reconstitute_dates``)."""
@@ -439,3 +657,10 @@ def prepare_launchpad(launchpad) -> None:
 def batches_with_fireworks(launchpad, campaign: str) -> set[str]:
     """Batches of a campaign that already have a validity Firework (in any state) on the LaunchPad."""
     return set(launchpad.fireworks.distinct("spec.batch", {"spec.campaign": campaign, "spec.stage": "validity"}))
+
+
+def firework_states(launchpad, campaign: str | None = None) -> dict[str, int]:
+    """{FireWorks state: count} of the Fireworks on the LaunchPad (of one campaign: ``spec.campaign``)."""
+    match = {"spec.campaign": campaign} if campaign else {}
+    return {d["_id"]: d["n"] for d in launchpad.fireworks.aggregate(
+        [{"$match": match}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}])}

@@ -429,7 +429,13 @@ def yields(records: Iterable[dict], stability_threshold: float = 0.1) -> dict:
         if hit is not None:
             c["vsun_band_gap_evaluated"] += 1
             c["vsun_band_gap_hits"] += bool(hit)
-    rates = {
+    return {"n": n, "stability_threshold": stability_threshold, "counts": c, "rates": yield_rates(c, n)}
+
+
+def yield_rates(c: dict, n: int) -> dict:
+    """The rates of :func:`yields` from its counts ``c`` and the number of inputs ``n`` (also used on the
+    counts the database aggregates, :meth:`fw_screen.db.ResultsStore.yield_count_rows`)."""
+    return {
         "V": _rate(c["valid"], n),
         "VU": _rate(c["valid_unique"], n),
         "VUN": _rate(c["vun"], n),
@@ -440,4 +446,3 @@ def yields(records: Iterable[dict], stability_threshold: float = 0.1) -> dict:
         "band_gap_hit_among_vsun": _rate(c["vsun_band_gap_hits"], c["vsun"]),
         "band_gap_hit_among_vsun_evaluated": _rate(c["vsun_band_gap_hits"], c["vsun_band_gap_evaluated"]),
     }
-    return {"n": n, "stability_threshold": stability_threshold, "counts": c, "rates": rates}

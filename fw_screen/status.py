@@ -49,6 +49,8 @@ ORDER = (INGESTED, INVALID, VALID, DUPLICATE, KNOWN, NOVEL, ML_DONE, NO_REFERENC
          DFT_FAILED)
 #: statuses of candidates that were novel (the ML stage may have moved them on)
 NOVEL_OR_LATER = (NOVEL, ML_DONE, NO_REFERENCE, ML_FAILED, PROMOTED, DFT_DONE, DFT_FAILED)
+#: statuses of candidates that passed validity (later stages may have moved them on)
+VALID_OR_LATER = (VALID, DUPLICATE, KNOWN, *NOVEL_OR_LATER)
 #: statuses of candidates with an ML result (promotion keeps it)
 ML_DONE_OR_LATER = (ML_DONE, PROMOTED, DFT_DONE, DFT_FAILED)
 

@@ -32,14 +32,24 @@ def db_server(tmp_path_factory):
     server.stop(home)
 
 
+@pytest.fixture(scope="session")
+def new_launchpad_file(db_server):
+    """``make(folder)``: write ``folder/launchpad.yaml`` on a new database of the session's server (for
+    fixtures of any scope)."""
+    def make(folder: Path) -> Path:
+        path = Path(folder) / "launchpad.yaml"
+        path.write_text(yaml.safe_dump({
+            "host": db_server["host"], "port": db_server["port"], "name": f"t_{uuid.uuid4().hex[:10]}",
+            "strm_lvl": "WARNING", "mongoclient_kwargs": {"retryWrites": False}}))
+        return path
+
+    return make
+
+
 @pytest.fixture
-def launchpad_file(db_server, tmp_path) -> Path:
+def launchpad_file(new_launchpad_file, tmp_path) -> Path:
     """A LaunchPad file on a database of its own (name unique to the test)."""
-    path = tmp_path / "launchpad.yaml"
-    path.write_text(yaml.safe_dump({
-        "host": db_server["host"], "port": db_server["port"], "name": f"t_{uuid.uuid4().hex[:10]}",
-        "strm_lvl": "WARNING", "mongoclient_kwargs": {"retryWrites": False}}))
-    return path
+    return new_launchpad_file(tmp_path)
 
 
 @pytest.fixture

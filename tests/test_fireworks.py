@@ -80,13 +80,15 @@ def test_three_concurrent_launchers_process_each_candidate_once(generations, lau
             assert again["status"] == st.DUPLICATE and again["duplicate_of"] == first["_id"]
     f = funnel_report(store, "test")["funnel"]
     assert f["inputs"] == 40 and f["pending_validity"] == 0 and f["pending_uniqueness"] == 0
-    # the per-condition table (one aggregation) adds up to the campaign funnel
-    from analysis.funnel_by_condition import funnel_by
+    # the per-condition yields (one aggregation per threshold) add up to the campaign funnel
+    from fw_screen.analysis import funnel_yields
 
-    rows = funnel_by(store, "test")
+    y = funnel_yields(store, "test")
+    rows = y["by_condition"]
     assert {r["condition"] for r in rows} <= {0.072, 0.18, 0.681, 1.547, 2.44, 3.72, 6.776, 12.145}
-    for key in ("inputs", "valid", "unique", "novel"):
-        assert sum(r[key] for r in rows) == f[key]
+    for key, fkey in (("valid", "valid"), ("valid_unique", "unique"), ("vun", "novel")):
+        assert sum(r[0.1]["counts"][key] for r in rows) == f[fkey] == y["overall"][0.1]["counts"][key]
+    assert sum(r["n"] for r in rows) == f["inputs"] == y["n"]
 
 
 def test_resubmission_adds_nothing_and_heals_interrupted_submit(generations, launchpad, store, spec):

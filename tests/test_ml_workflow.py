@@ -81,10 +81,10 @@ def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpa
 
     report = funnel_report(store, "test")
     y = report["yields"]
-    assert y["novel"] == 4 and y["ml_done"] == 3
+    assert y["vun"] == 4 and y["vun_evaluated"] == 3
     stable = sum(docs[f]["ml"]["stable"] for f in ("NaFeO2", "Na3P", "LiNiO2"))
-    assert y["stable"] == stable and math.isclose(y["VSUN"], stable / 4)
-    assert y["band_gap_predicted"] == 4
+    assert y["vsun"] == stable and math.isclose(y["VSUN"], stable / y["n"])
+    assert y["valid_band_gap_evaluated"] == 4
     # nothing left to promote, and the CLI prints the yields
     assert promote_to_ml(launchpad, store, "test") == []
     out = subprocess.run([str(Path(sys.executable).parent / "fw-screen"), "status", "-l", str(launchpad_file),
