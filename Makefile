@@ -6,7 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-all bench install qe db-stop clean
+.PHONY: demo test test-all bench install qe chromium db-stop clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,15 +26,22 @@ qe:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq quantum-espresso quantum-espresso-data; }
 	@command -v pw.x >/dev/null && echo "pw.x: $$(command -v pw.x)"
 
-install: $(STAMP) qe
+# Debian's chromium (and a font it can draw text with), for tests/test_report.py: playwright drives it
+# headless to render the HTML report (no browser download: playwright uses this executable).
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core; }
+	@command -v chromium >/dev/null && echo "chromium: $$(command -v chromium)"
+
+install: $(STAMP) qe chromium
 
 demo: $(STAMP) qe
 	$(BIN)/fw-screen demo
 
-test: $(STAMP) qe
+test: $(STAMP) qe chromium
 	$(BIN)/python -m pytest tests
 
-test-all: $(STAMP) qe
+test-all: $(STAMP) qe chromium
 	$(BIN)/python -m pytest tests -m ''
 
 bench: $(STAMP)

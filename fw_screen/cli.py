@@ -54,6 +54,39 @@ def _spec(args) -> dict:
     return load_spec(args.spec, campaign=args.campaign, batch_size=getattr(args, "batch_size", None))
 
 
+class Progress:
+    """A progress bar on a terminal (tqdm, on stderr); elsewhere (logs, CI) a plain line every ``every`` s."""
+
+    def __init__(self, desc: str, total: int | None = None, unit: str = "it", every: float = 30.0):
+        self.desc, self.total, self.unit, self.every = desc, total, unit, every
+        self.n, self._last = 0, 0.0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def update_to(self, n: int, total: int | None = None, postfix: str | None = None) -> None:
+        if total is not None:
+            self.total = total
+        if self.bar is not None:
+            if total is not None:
+                self.bar.total = total
+            if postfix:
+                self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.update(n - self.bar.n)
+        elif time.monotonic() - self._last >= self.every and n != self.n:
+            self._last = time.monotonic()
+            of = f"/{self.total}" if self.total else ""
+            print(f"  {self.desc}: {n}{of} {self.unit}" + (f" ({postfix})" if postfix else ""), file=sys.stderr,
+                  flush=True)
+        self.n = n
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _print(obj, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=1, default=str))
@@ -85,8 +118,11 @@ def cmd_submit(args) -> int:
     lp_file = resolve_launchpad(args.launchpad, args.home)
     spec = _spec(args)
     t0 = time.perf_counter()
-    summary, wf = submit(_launchpad(lp_file), _store(lp_file), args.input, spec,
-                         progress=lambda n: print(f"  ingested {n} inputs", flush=True))
+    bar = Progress("ingest", unit="CIF", every=10)
+    try:
+        summary, wf = submit(_launchpad(lp_file), _store(lp_file), args.input, spec, progress=bar.update_to)
+    finally:
+        bar.close()
     print(f"{summary['inputs']} inputs -> {summary['new']} new candidates, {summary['existing']} already in "
           f"campaign {summary['campaign']!r} ({time.perf_counter() - t0:.1f} s)")
     if wf is None:
@@ -140,14 +176,15 @@ def format_report(report: dict) -> str:
     if f["novel"]:
         y = report["yields"]
         lines += [f"  ML: pending {f['pending_ml']}, done {f['ml_done']}, no reference {f['no_reference']}, "
-                  f"failed {f['ml_failed']}; stable (e_hull <= threshold) {y['stable']}",
+                  f"failed {f['ml_failed']}; stable (e_hull <= {report['stability_threshold']} eV/atom) {y['vsun']}",
                   f"  yields: V {pct(y['V'])}, VU {pct(y['VU'])}, VUN {pct(y['VUN'])}, VSUN {pct(y['VSUN'])}; "
-                  f"band-gap target hit {pct(y['hit_among_predicted'])} of {y['band_gap_predicted']} predicted, "
-                  f"{pct(y['hit_among_VSUN'])} of VSUN"]
+                  f"band-gap target hit {pct(y['band_gap_hit_among_valid_evaluated'])} of "
+                  f"{y['valid_band_gap_evaluated']} predicted, {pct(y['band_gap_hit_among_vsun'])} of VSUN"]
         lines.append(f"  {'target band gap (eV)':>22} {'inputs':>7} {'V':>6} {'VUN':>6} {'VSUN':>6} {'hit':>6} {'hit|VSUN':>8}")
         for r in report["by_condition"]:
-            lines.append(f"  {r['condition']!s:>22} {r['inputs']:>7} {pct(r['V']):>6} {pct(r['VUN']):>6} "
-                         f"{pct(r['VSUN']):>6} {pct(r['hit_among_predicted']):>6} {pct(r['hit_among_VSUN']):>8}")
+            lines.append(f"  {r['condition']!s:>22} {r['n']:>7} {pct(r['V']):>6} {pct(r['VUN']):>6} "
+                         f"{pct(r['VSUN']):>6} {pct(r['band_gap_hit_among_valid_evaluated']):>6} "
+                         f"{pct(r['band_gap_hit_among_vsun']):>8}")
     d = report.get("dft") or {}
     if d:
         lines.append(f"  DFT: promoted {d['promoted']}, pending {d['pending']}, done {d['done']}, failed {d['failed']}; "
@@ -202,34 +239,158 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def _campaigns(store, name: str | None) -> list[str]:
+    """The campaign asked for (checked to exist), else every campaign."""
+    names = store.campaign_names()
+    if name is None:
+        return names
+    if name not in names:
+        known = ", ".join(names) if names else "none yet: `fw-screen submit INPUT --campaign NAME`"
+        raise CLIError(f"no campaign {name!r} in this database (campaigns: {known})")
+    return [name]
+
+
+def _status_text(store, names: list[str], args) -> str:
+    from fw_screen.campaign import funnel_report
+
+    parts = []
+    for name in names:
+        text = format_report(funnel_report(store, name))
+        if args.top:
+            rows = store.top_candidates(name, args.top)
+            if rows:
+                text += f"\nlowest above the ML hull in {name} (eV/atom; band gap eV):\n{format_top(rows)}"
+        if args.dft:
+            rows = store.dft_candidates(name)
+            if rows:
+                text += f"\nDFT candidates of {name} (eV/atom; band gap eV):\n{format_dft(rows)}"
+        parts.append(text)
+    return "\n\n".join(parts)
+
+
+#: FireWorks states in which a Firework still has work to do
+ACTIVE_STATES = ("WAITING", "READY", "RESERVED", "RUNNING", "PAUSED")
+
+
 def cmd_status(args) -> int:
     from fw_screen.campaign import funnel_report
 
-    store = _store(resolve_launchpad(args.launchpad, args.home))
-    names = [args.campaign] if args.campaign else store.campaign_names()
+    lp_file = resolve_launchpad(args.launchpad, args.home)
+    store = _store(lp_file)
+    names = _campaigns(store, args.campaign)
     if not names:
         print("no campaigns yet: `fw-screen submit INPUT --campaign NAME`")
         return 0
-    reports = [funnel_report(store, n) for n in names]
     if args.json:
-        print(json.dumps(reports, indent=1))
-    else:
-        print("\n\n".join(format_report(r) for r in reports))
-        if args.top:
+        print(json.dumps([funnel_report(store, n) for n in names], indent=1, default=str))
+        return 0
+    if not args.watch:
+        print(_status_text(store, names, args))
+        return 0
+    return _watch(store, _launchpad(lp_file), names, args)
+
+
+def _watch(store, launchpad, names: list[str], args) -> int:
+    """Refresh the funnel counts every ``--watch`` seconds while launchers run: until Ctrl-C, ``--count``
+    refreshes, or (``--until-done``) no Firework of the campaign(s) has work left."""
+    from fw_screen.db import firework_states
+
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    shown = 0
+    try:
+        while True:
+            states: dict[str, int] = {}
             for name in names:
-                rows = store.top_candidates(name, args.top)
-                if rows:
-                    print(f"\nlowest above the ML hull in {name} (eV/atom; band gap eV):\n{format_top(rows)}")
-        for name in names:
-            rows = store.dft_candidates(name)
-            if rows and args.dft:
-                print(f"\nDFT candidates of {name} (eV/atom; band gap eV):\n{format_dft(rows)}")
+                for k, v in firework_states(launchpad, name).items():
+                    states[k] = states.get(k, 0) + v
+            fws = ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())) or "none"
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{clear}[{stamp}] Fireworks: {fws}\n{_status_text(store, names, args)}", flush=True)
+            if not clear:
+                print("-" * 100, flush=True)
+            shown += 1
+            active = sum(states.get(k, 0) for k in ACTIVE_STATES)
+            if args.until_done and not active:
+                print(f"no Fireworks left to run for {', '.join(names)}")
+                return 0
+            if args.count and shown >= args.count:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_table(args) -> int:
+    from fw_screen.analysis import COLUMNS, format_table, hull_table
+
+    store = _store(resolve_launchpad(args.launchpad, args.home))
+    _campaigns(store, args.campaign)
+    columns = args.columns.split(",") if args.columns else None
+    unknown = [c for c in columns or [] if c not in COLUMNS]
+    if unknown:
+        raise CLIError(f"unknown column(s) {', '.join(unknown)}: use {', '.join(COLUMNS)}")
+    rows = hull_table(store, args.campaign, sort=args.sort, descending=args.desc, limit=args.limit,
+                      stage=args.stage, chemsys=args.chemsys, elements=args.elements, condition=args.condition,
+                      max_ml_e_above_hull=args.max_ml_e_hull, max_dft_e_above_hull=args.max_dft_e_hull,
+                      ml_hit=args.ml_hit, dft_hit=args.dft_hit)
+    text = format_table(rows, args.format, columns)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if not rows:
+        print(f"no candidate of {args.campaign!r} matches these filters", file=sys.stderr)
+    return 0
+
+
+def cmd_yields(args) -> int:
+    from fw_screen.analysis import YIELD_COLUMNS, format_table, funnel_yields, yield_rows
+
+    store = _store(resolve_launchpad(args.launchpad, args.home))
+    _campaigns(store, args.campaign)
+    y = funnel_yields(store, args.campaign, thresholds=args.threshold or None)
+    if args.format == "json":
+        print(json.dumps(y, indent=1, default=str))
+    else:
+        columns = YIELD_COLUMNS if args.all_columns else YIELD_COLUMNS[:10]
+        sys.stdout.write(format_table(yield_rows(y), args.format, columns))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from fw_screen.analysis import format_agreement, format_table, ml_vs_dft
+
+    store = _store(resolve_launchpad(args.launchpad, args.home))
+    _campaigns(store, args.campaign)
+    result = ml_vs_dft(store, args.campaign)
+    if args.json:
+        print(json.dumps(result, indent=1, default=str))
+        return 0
+    print(format_agreement(result))
+    if result["rows"]:
+        cols = ["id", "formula", "ml_e_above_hull", "dft_e_above_hull", "ml_band_gap", "dft_band_gap", "condition",
+                "ml_band_gap_hit", "dft_band_gap_hit", "status"]
+        print(format_table(result["rows"], "markdown", cols))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from fw_screen.report import build_report, default_path, format_summary
+
+    store = _store(resolve_launchpad(args.launchpad, args.home))
+    summary = build_report(store, args.campaign, args.output or default_path(args.campaign), top=args.top,
+                           chemical_space=not args.no_chemical_space, progress=True)
+    print(format_summary(summary))
     return 0
 
 
 def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, sleep: int = 2,
-                   timeout: int | None = None) -> list[int]:
-    """Run ``workers`` rlaunch rapidfire processes until no work is left; returns their exit codes."""
+                   timeout: int | None = None, progress: bool = False) -> list[int]:
+    """Run ``workers`` rlaunch rapidfire processes until no work is left; returns their exit codes.
+
+    ``progress``: show Fireworks finished / on the LaunchPad while they run (the total grows as stages add
+    Fireworks)."""
     workdir.mkdir(parents=True, exist_ok=True)
     rlaunch = Path(sys.executable).parent / "rlaunch"
     cmd = [str(rlaunch if rlaunch.exists() else "rlaunch"), "-s", "-l", lp_file, "-w", fworker, "rapidfire",
@@ -243,7 +404,25 @@ def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, slee
         d.mkdir(exist_ok=True)
         with open(d / "rlaunch.log", "ab") as log:  # the child keeps its own copy of the handle
             procs.append(subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env))
+    if progress:
+        _follow_fireworks(lp_file, procs)
     return [p.wait() for p in procs]
+
+
+def _follow_fireworks(lp_file: str, procs: list, poll_s: float = 2.0) -> None:
+    from fw_screen.db import firework_states
+
+    lp = _launchpad(lp_file)
+    bar = Progress("Fireworks", unit="FW", every=60)
+    try:
+        while any(p.poll() is None for p in procs):
+            states = firework_states(lp)
+            done = sum(states.get(k, 0) for k in ("COMPLETED", "FIZZLED", "DEFUSED"))
+            bar.update_to(done, total=sum(states.values()),
+                          postfix=f"running {states.get('RUNNING', 0)}, fizzled {states.get('FIZZLED', 0)}")
+            time.sleep(poll_s)
+    finally:
+        bar.close()
 
 
 def cmd_run(args) -> int:
@@ -252,7 +431,7 @@ def cmd_run(args) -> int:
     if not Path(fworker).is_file():
         raise CLIError(f"FWorker file not found: {fworker} (fw-screen db start writes them)")
     t0 = time.perf_counter()
-    codes = launch_workers(lp_file, fworker, args.workers, server.home(args.home) / "launches")
+    codes = launch_workers(lp_file, fworker, args.workers, server.home(args.home) / "launches", progress=True)
     print(f"{args.workers} launcher(s) finished in {time.perf_counter() - t0:.1f} s (exit codes {codes})")
     return 0 if all(c == 0 for c in codes) else 1
 
@@ -298,7 +477,59 @@ def build_parser() -> argparse.ArgumentParser:
     stt.add_argument("--json", action="store_true")
     stt.add_argument("--top", type=int, default=0, help="also list the N candidates lowest above the ML hull")
     stt.add_argument("--dft", action="store_true", help="also list the promoted candidates with ML and DFT numbers")
+    stt.add_argument("--watch", type=float, nargs="?", const=5.0, default=None, metavar="SECONDS",
+                     help="refresh every SECONDS (default 5) with the campaign's Firework states, until Ctrl-C")
+    stt.add_argument("--count", type=int, default=0, help="with --watch: stop after this many refreshes")
+    stt.add_argument("--until-done", action="store_true",
+                     help="with --watch: stop when no Firework of the campaign is waiting, ready or running")
     stt.set_defaults(func=cmd_status)
+
+    tb = sub.add_parser("table", help="hull-distance table of a campaign (CSV, Markdown or JSON)")
+    tb.add_argument("campaign")
+    tb.add_argument("-l", "--launchpad")
+    tb.add_argument("--format", "-f", default="csv", choices=["csv", "markdown", "md", "json"])
+    tb.add_argument("-o", "--output", help="write to this file instead of standard output")
+    tb.add_argument("--stage", help="valid, unique, novel, ml, promoted, dft, failed, or one status")
+    tb.add_argument("--chemsys", help="exactly this chemical system, e.g. Na-P")
+    tb.add_argument("--elements", nargs="+", help="containing all of these elements")
+    tb.add_argument("--condition", type=float, help="band-gap target of the generator (eV)")
+    tb.add_argument("--max-ml-e-hull", type=float, help="ML e_above_hull at most this (eV/atom)")
+    tb.add_argument("--max-dft-e-hull", type=float, help="DFT e_above_hull at most this (eV/atom)")
+    hit = tb.add_mutually_exclusive_group()
+    hit.add_argument("--ml-hit", dest="ml_hit", action="store_true", default=None, help="ML band-gap target hit")
+    hit.add_argument("--ml-miss", dest="ml_hit", action="store_false", help="ML band-gap target missed")
+    dhit = tb.add_mutually_exclusive_group()
+    dhit.add_argument("--dft-hit", dest="dft_hit", action="store_true", default=None, help="DFT band-gap hit")
+    dhit.add_argument("--dft-miss", dest="dft_hit", action="store_false", help="DFT band-gap target missed")
+    tb.add_argument("--sort", default="ml_e_above_hull", help="column to sort by (default ml_e_above_hull)")
+    tb.add_argument("--desc", action="store_true", help="descending (missing values still last)")
+    tb.add_argument("--limit", type=int)
+    tb.add_argument("--columns", help="comma-separated subset of the columns")
+    tb.set_defaults(func=cmd_table)
+
+    yl = sub.add_parser("yields", help="V, VU, VUN, VSUN and target yields, overall and per condition")
+    yl.add_argument("campaign")
+    yl.add_argument("-l", "--launchpad")
+    yl.add_argument("--format", "-f", default="markdown", choices=["csv", "markdown", "md", "json"])
+    yl.add_argument("--threshold", type=float, action="append",
+                    help="stability threshold in eV/atom (repeat; default: the campaign's and 0)")
+    yl.add_argument("--all-columns", action="store_true", help="also print the counts behind the rates")
+    yl.set_defaults(func=cmd_yields)
+
+    cp = sub.add_parser("compare", help="ML vs DFT on the candidates with DFT results (MAE, precision/recall)")
+    cp.add_argument("campaign")
+    cp.add_argument("-l", "--launchpad")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="self-contained HTML report of a campaign (plots, tables, CIFs; opens offline)")
+    rp.add_argument("campaign")
+    rp.add_argument("-o", "--output", help="HTML file to write (default: report_CAMPAIGN.html in this directory)")
+    rp.add_argument("--top", type=int, default=20, help="rows of the top-candidates table (default 20)")
+    rp.add_argument("--no-chemical-space", action="store_true",
+                    help="leave out the chemical-space map (matminer features: the slowest section)")
+    rp.add_argument("-l", "--launchpad")
+    rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("promote", help="promote the best ML candidates to DFT and add their DFT Fireworks")
     pr.add_argument("campaign")
@@ -371,7 +602,7 @@ def cmd_demo(args) -> int:
     if wf is not None:
         print(f"workflow: {len(wf.fws)} Fireworks; running {args.workers} rlaunch workers ...", flush=True)
         codes = launch_workers(lp_file, str(server.home(args.home) / "fworker_all.yaml"), args.workers,
-                               server.home(args.home) / "launches")
+                               server.home(args.home) / "launches", progress=True)
         print(f"workers finished: exit codes {codes}")
     print(format_report(funnel_report(store, spec["campaign"])))
     top = store.top_candidates(spec["campaign"], 10)
@@ -382,13 +613,20 @@ def cmd_demo(args) -> int:
         print(f"promoted to DFT (Quantum ESPRESSO; eV/atom, band gap eV):\n{format_dft(promoted)}")
         for d in promoted:
             print(f"  {d['_id']}: {(d.get('promotion') or {}).get('reason', '')}")
+    from fw_screen.report import build_report
+
+    report = build_report(store, spec["campaign"], server.home(args.home) / f"report_{spec['campaign']}.html")
+    print(f"report: {report['path']} ({report['bytes'] / 1e6:.1f} MB, {report['seconds']:.0f} s; open it in a "
+          f"browser, it needs no network)")
     print(f"total {time.perf_counter() - t0:.1f} s; query it: lpad -l {lp_file} get_wflows; "
-          f"fw-screen status -c {spec['campaign']}")
+          f"fw-screen status -c {spec['campaign']} [--watch]; fw-screen table {spec['campaign']} --stage ml; "
+          f"fw-screen compare {spec['campaign']}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from fw_screen.analysis import AnalysisError
     from fw_screen.db import StoreError
     from fw_screen.ingest import IngestError
     from fw_screen.references import ReferenceSourceError
@@ -402,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fw-screen: error: cannot reach the database ({exc.args[0][:200]}); is it running? "
               f"(`fw-screen db status`, `fw-screen db start`)", file=sys.stderr)
         return 2
-    except (CLIError, server.ServerError, SpecError, StoreError, IngestError, ReferenceSourceError) as exc:
+    except (CLIError, server.ServerError, SpecError, StoreError, IngestError, ReferenceSourceError,
+            AnalysisError) as exc:
         print(f"fw-screen: error: {exc}", file=sys.stderr)
         return 2
 

@@ -136,6 +136,29 @@ def dft_entry(structure: Structure, energy_total: float, entry_id: str, correct:
     return entry
 
 
+def hull_inputs(candidate_id: str, dft_fields: dict, reference_docs) -> tuple[dict, list[dict]]:
+    """(candidate, references) for :func:`dft_hull` / :func:`hull_entries` from what the DFT stage stored:
+    the candidate's ``dft`` fields (``structure_relaxed``, ``energy_total``) and its ``dft_references``
+    documents (``key``, ``result.structure_relaxed``, ``result.energy_total``)."""
+    refs = [{"key": r["key"], "structure": Structure.from_dict(r["result"]["structure_relaxed"]),
+             "energy_total": r["result"]["energy_total"]} for r in reference_docs]
+    cand = {"key": candidate_id, "structure": Structure.from_dict(dft_fields["structure_relaxed"]),
+            "energy_total": dft_fields["energy_total"]}
+    return cand, refs
+
+
+def hull_entries(candidate: dict, references: list[dict], correct: bool = True) -> tuple:
+    """(candidate entry, reference entries) of a DFT hull (:func:`dft_entry`, gas-anion corrected when
+    ``correct``); raises :class:`HullError` when an element of the candidate has no elemental reference."""
+    refs = [dft_entry(r["structure"], r["energy_total"], r["key"], correct) for r in references]
+    cand = dft_entry(candidate["structure"], candidate["energy_total"], candidate["key"], correct)
+    present = {e.symbol for r in refs if len(r.composition.elements) == 1 for e in r.composition.elements}
+    missing = sorted({e.symbol for e in cand.composition.elements} - present)
+    if missing:
+        raise HullError(f"no computed elemental reference for {', '.join(missing)}")
+    return cand, refs
+
+
 def dft_hull(candidate: dict, references: list[dict]) -> dict:
     """DFT energy above hull of ``candidate`` against consistently computed ``references``.
 
@@ -145,12 +168,7 @@ def dft_hull(candidate: dict, references: list[dict]) -> dict:
     """
     out = {}
     for label, correct in (("", True), ("_raw", False)):
-        refs = [dft_entry(r["structure"], r["energy_total"], r["key"], correct) for r in references]
-        cand = dft_entry(candidate["structure"], candidate["energy_total"], candidate["key"], correct)
-        present = {e.symbol for r in refs if len(r.composition.elements) == 1 for e in r.composition.elements}
-        missing = sorted({e.symbol for e in cand.composition.elements} - present)
-        if missing:
-            raise HullError(f"no computed elemental reference for {', '.join(missing)}")
+        cand, refs = hull_entries(candidate, references, correct)
         pd = PhaseDiagram(refs)
         decomp, e_hull = pd.get_decomp_and_e_above_hull(cand, allow_negative=True)
         out[f"e_above_hull{label}"] = float(e_hull)

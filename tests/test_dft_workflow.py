@@ -128,6 +128,15 @@ def test_li_o_candidates_share_references_and_get_dft_hulls(launchpad, launchpad
                           "-c", "dft", "--dft"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "DFT: promoted 2" in out.stdout and "dft:li3o" in out.stdout
 
+    # the HTML report draws the Li-O phase diagram and the ML-vs-DFT parity from these real DFT results
+    from fw_screen.report import build_report
+
+    report = build_report(store, "dft", tmp_path / "report_dft.html", chemical_space=False)
+    assert {"parity", "phase_diagrams", "candidates"} <= set(report["drawn"]), report["skipped"]
+    assert report["phase_diagrams"] == ["Li-O"]
+    page = (tmp_path / "report_dft.html").read_text()
+    assert "dft:li3o" in page and "Li2O" in page
+
 
 @needs_pw
 def test_missing_pseudopotential_fails_alone(launchpad, launchpad_file, store, dft_spec, tmp_path):
