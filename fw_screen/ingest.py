@@ -88,20 +88,61 @@ def _read_cif_file(path: Path, label: str, max_bytes: int) -> list[RawInput]:
     return _blocks_of(_decode(path.read_bytes(), {"file": label}, max_bytes))
 
 
+def _member_kind(member: tarfile.TarInfo) -> str | None:
+    """What a non-regular tar member is (None for a regular file)."""
+    if member.isfile():
+        return None
+    if member.issym():
+        return f"symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"hard link to {member.linkname!r}"
+    if member.ischr() or member.isblk():
+        return "device file"
+    if member.isfifo():
+        return "FIFO"
+    return "directory" if member.isdir() else "special file"
+
+
 def _read_tar(path: Path, max_bytes: int) -> Iterator[RawInput]:
-    # Members are read in memory, never extracted: no member name can write outside any folder.
-    with tarfile.open(path, "r:*") as tar:
-        for entry, member in enumerate(tar):
-            if not member.isfile() or not member.name.lower().endswith(CIF_SUFFIXES):
+    # Members are read in memory, never extracted: no member name can write outside any folder, and links
+    # and device files are never followed or opened (a CIF-named one is recorded with the reason).
+    try:
+        tar = tarfile.open(path, "r:*")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise IngestError(f"{path}: cannot read archive ({type(exc).__name__}: {exc})") from None
+    with tar:
+        entry = -1
+        members = iter(tar)
+        while True:
+            try:
+                member = next(members)
+            except StopIteration:
+                break
+            except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # truncated or corrupt archive
+                yield RawInput("", {"file": path.name, "entry": entry + 1}, nbytes=0,
+                               error=f"archive unreadable after entry {entry}: {type(exc).__name__}: {exc}")
+                break
+            entry += 1
+            if not member.name.lower().endswith(CIF_SUFFIXES):
                 continue
             # the entry number keeps two members of the same name (tar allows it) two inputs
             source = {"file": path.name, "member": member.name, "entry": entry}
-            if member.size > max_bytes:
-                head = tar.extractfile(member).read(KEPT_PREFIX)
-                yield RawInput(head.decode("utf-8", errors="replace"), source, nbytes=member.size,
-                               error=f"input too large: {member.size} bytes > max_cif_bytes={max_bytes}")
+            kind = _member_kind(member)
+            if kind:
+                yield RawInput("", source, error=f"tar member is a {kind}, not a regular file: not read")
                 continue
-            yield from _blocks_of(_decode(tar.extractfile(member).read(), source, max_bytes))
+            try:
+                if member.size > max_bytes:
+                    head = tar.extractfile(member).read(KEPT_PREFIX)
+                    yield RawInput(head.decode("utf-8", errors="replace"), source, nbytes=member.size,
+                                   error=f"input too large: {member.size} bytes > max_cif_bytes={max_bytes}")
+                    continue
+                data = tar.extractfile(member).read()
+            except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # truncated or corrupt archive
+                yield RawInput("", source, nbytes=member.size,
+                               error=f"archive member unreadable: {type(exc).__name__}: {exc}")
+                break
+            yield from _blocks_of(_decode(data, source, max_bytes))
 
 
 def _first_column(columns, candidates: list[str]) -> str | None:
@@ -167,11 +208,19 @@ def read_inputs(path: str | Path, ingest: dict) -> Iterator[RawInput]:
     max_bytes = ingest["max_cif_bytes"]
     name = path.name.lower()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(CIF_SUFFIXES))
+        root = path.resolve()
+        files = sorted(p for p in path.rglob("*") if p.name.lower().endswith(CIF_SUFFIXES) and not p.is_dir())
         if not files:
             raise IngestError(f"{path}: folder holds no .cif files")
         for f in files:
-            yield from _read_cif_file(f, str(f.relative_to(path)), max_bytes)
+            label = str(f.relative_to(path))
+            target = f.resolve()
+            if target != root and root not in target.parents:  # a link out of the folder is not followed
+                yield RawInput("", {"file": label}, error="symbolic link to a file outside the input folder: not read")
+            elif not f.is_file():  # FIFO, device, broken link: never opened
+                yield RawInput("", {"file": label}, error="not a regular file (device, FIFO or broken link): not read")
+            else:
+                yield from _read_cif_file(f, label, max_bytes)
     elif name.endswith(TAR_SUFFIXES):
         yield from _read_tar(path, max_bytes)
     elif name.endswith(TABLE_SUFFIXES):

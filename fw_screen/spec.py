@@ -94,7 +94,7 @@ def validate(spec: dict) -> dict:
         if check not in CHECK_NAMES:
             raise SpecError(f"validity.required: unknown check {check!r} (known: {', '.join(CHECK_NAMES)})")
     for key in ("symprec", "bond_tolerance", "h_bond_factor", "min_cell_length", "max_cell_length",
-                "min_distance", "min_volume"):
+                "min_distance", "min_volume", "max_volume"):
         _number(spec, f"validity.{key}", 0)
     _number(spec, "validity.min_bond_score", 0, 1)
     _number(spec, "validity.min_cell_angle", 0, 180)

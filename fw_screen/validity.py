@@ -106,6 +106,54 @@ def _number(text) -> float:
     return float(re.sub(r"\(\d+\)$", "", str(text).strip()))
 
 
+SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz", "_space_group_symop.operation_xyz")
+#: the largest crystallographic space groups (F-centred cubic) have 192 operators in the conventional cell
+MAX_SYMMETRY_OPERATORS = 192
+_SYMOP_PART = r"\s*[-+]?\s*(?:[xyz0-9./]+\s*(?:[-+]\s*[xyz0-9./]+\s*)*)"
+_SYMOP = re.compile(rf"{_SYMOP_PART},{_SYMOP_PART},{_SYMOP_PART}", re.IGNORECASE)
+#: magnetic CIF data names: pymatgen evaluates the magnetic setting transformation with sympy, so a crafted
+#: ``transform_BNS_Pp_abc`` (``9**9**9*a,b,c;0,0,0``) would hang the parser; fw-screen does not read them
+_MAGNETIC = re.compile(r"_space_group_magn|_atom_site_moment|_space_group_symop_magn|_magnetic_space_group",
+                       re.IGNORECASE)
+
+
+def size_problem(block: dict, cfg: dict, volume: bool = True) -> str | None:
+    """Why the structure must not be built, else None: a size limit of the spec (atom sites listed,
+    ``max_sites``; cell volume, ``max_volume``, only with ``volume``), more than 192 symmetry operators, or an
+    operator that is not an ``x, y, z`` expression.
+
+    Checked on the parsed CIF block, before the structure is built.  Unreadable numbers are left to the
+    checks that report them.
+    """
+    rows = next((block[k] for k in ("_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x")
+                 if k in block), None)
+    nrows = len(rows) if isinstance(rows, list) else int(rows is not None)
+    if nrows > cfg["max_sites"]:
+        return f"too large: {nrows} atom sites listed > max_sites={cfg['max_sites']}; not parsed"
+    ops = next((block[k] for k in SYMOP_TAGS if k in block), None)
+    nops = len(ops) if isinstance(ops, list) else int(ops is not None)
+    if nops > MAX_SYMMETRY_OPERATORS:  # each operator is applied to each site: bound the work
+        return (f"too large: {nops} symmetry operators > {MAX_SYMMETRY_OPERATORS} (no space group has more); "
+                f"not parsed")
+    for op in (ops if isinstance(ops, list) else [ops] if ops is not None else []):
+        # pymatgen would skip an unreadable operator (and fall back to P1) without saying so
+        if not isinstance(op, str) or not _SYMOP.fullmatch(op.strip()):
+            return f"symmetry operator {str(op)[:60]!r} is not an x, y, z expression; not parsed"
+    max_volume = cfg.get("max_volume")  # campaigns stored before the limit existed have none
+    if max_volume is None or not volume:
+        return None
+    try:
+        a, b, c = (_number(block[f"_cell_length_{x}"]) for x in "abc")
+        cosines = [math.cos(math.radians(_number(block[f"_cell_angle_{x}"]))) for x in ("alpha", "beta", "gamma")]
+    except (KeyError, ValueError, TypeError, OverflowError):
+        return None
+    ca, cb, cg = cosines
+    volume = a * b * c * math.sqrt(max(0.0, 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg))
+    if volume > max_volume:  # NaN compares False: left to the sensible check
+        return f"too large: cell volume {volume:.6g} A^3 > max_volume={max_volume:g}; not parsed"
+    return None
+
+
 # ------------------------------------------------------------------------------------------ the checks
 def check_sensible(block: dict, cfg: dict) -> tuple[bool, str | None, dict]:
     lengths = [_number(block[f"_cell_length_{x}"]) for x in "abc"]
@@ -173,6 +221,22 @@ def _expected_bond_length(a, b) -> float | None:
     return float(a.atomic_radius + b.atomic_radius)
 
 
+#: Angstrom: CrystalNN's Voronoi search doubles its radius (7, 14, 28 ... up to the cell diagonal) until a
+#: site's cell closes; in a sparse or elongated cell (a 228 A axis) that means Voronoi tessellations of
+#: 10^4-10^6 points per site, minutes each.  Beyond this radius there is no bond to judge: the check fails.
+MAX_NEIGHBOR_SEARCH = 30.0
+
+
+class _BoundedSearch(Structure):
+    """A Structure whose neighbour spheres are capped at :data:`MAX_NEIGHBOR_SEARCH` (see there)."""
+
+    def get_sites_in_sphere(self, pt, r, *args, **kwargs):
+        if r > MAX_NEIGHBOR_SEARCH:
+            raise ValueError(f"no closed neighbour shell within {MAX_NEIGHBOR_SEARCH:g} A (a sparse or elongated "
+                             f"cell): bonds not assessed")
+        return super().get_sites_in_sphere(pt, r, *args, **kwargs)
+
+
 def bond_length_score(structure: Structure, tolerance: float = 0.32, h_factor: float = 2.5,
                       site_weights: dict[int, int] | None = None) -> tuple[float, int, list[str]]:
     """CrystaLLM's bond-length reasonableness score: (score, number of bonds, problems).
@@ -185,6 +249,8 @@ def bond_length_score(structure: Structure, tolerance: float = 0.32, h_factor: f
 
     cnn = CrystalNN()
     weights = site_weights or {i: 1 for i in range(len(structure))}
+    structure = structure.copy()
+    structure.__class__ = _BoundedSearch
     score = 0.0
     count = 0.0
     problems: list[str] = []
@@ -274,7 +340,21 @@ def _run(result: ValidityResult, name: str, fn, *args) -> None:
     result.record(name, passed, reason, value or None)
 
 
+def _density(structure: Structure) -> float | None:
+    """g/cm^3, or None for a degenerate cell (a 1e-320 A edge: the volume in cm^3 underflows to 0)."""
+    try:
+        density = float(structure.density) if structure.volume > 0 else None
+    except (ZeroDivisionError, OverflowError, ValueError):
+        return None
+    return density if density is not None and math.isfinite(density) else None
+
+
 def parse_structure(cif: str) -> Structure:
+    """The CIF's structure (pymatgen's CifParser: text is read as numbers and symmetry strings by regular
+    expressions, never evaluated; magnetic CIFs, whose setting pymatgen evaluates with sympy, are refused)."""
+    magnetic = _MAGNETIC.search(cif)
+    if magnetic:
+        raise ValueError(f"magnetic CIF data name {magnetic.group(0)!r}: magnetic CIFs are not read")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parser = CifParser.from_str(cif)
@@ -299,9 +379,18 @@ def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> Val
         result.record("parse", False, loop_problem(cif) or f"CIF parser: {type(exc).__name__}: {exc}")
         return _conclude(result, required)
 
+    too_large = size_problem(block, cfg, volume=False)
+    if too_large:  # never build a structure beyond the spec's size limits (cost grows with sites x operators)
+        result.record("parse", False, too_large)
+        return _conclude(result, required)
+
     _run(result, "sensible", check_sensible, block, cfg)
     _run(result, "formula_consistent", check_formula_consistent, cif, block)
     _run(result, "multiplicity_consistent", check_multiplicity, block)
+    too_large = result.checks["sensible"]["passed"] and size_problem(block, cfg)  # an absurd cell: `sensible`
+    if too_large:
+        result.record("parse", False, too_large)
+        return _conclude(result, required)
 
     labels = block.get("_atom_site_label")
     if isinstance(labels, list) and len(set(labels)) != len(labels):
@@ -319,6 +408,9 @@ def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> Val
             raise ValueError(f"unknown element symbol(s) {', '.join(unknown)}")
         if not np.all(np.isfinite(structure.frac_coords)) or not np.all(np.isfinite(structure.lattice.matrix)):
             raise ValueError("non-finite coordinates or cell")
+        amounts = [occ for site in structure for occ in site.species.values()]
+        if not all(math.isfinite(a) and a > 0 for a in amounts) or not math.isfinite(sum(amounts)):
+            raise ValueError("occupancies must be finite and positive")  # 1e308: the formula overflows
     except Exception as exc:
         result.record("parse", False, f"structure: {type(exc).__name__}: {exc}")
         return _conclude(result, required)
@@ -333,7 +425,7 @@ def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> Val
         "elements": sorted({el.symbol for el in comp.elements}),
         "nsites": len(structure),
         "volume": float(structure.volume),
-        "density": float(structure.density) if structure.volume > 0 else None,
+        "density": _density(structure),
         "spacegroup_declared": declared.strip() if isinstance(declared, str) else None,
     }
 

@@ -208,3 +208,67 @@ def test_good_inputs_survive_bad_neighbours_in_their_batch(store, spec, tmp_path
     assert docs["c_boom.cif"]["validity"]["reason"] == "RuntimeError: checker exploded"
     # inputs keep their order: seq follows the sorted file names
     assert [n for n, _ in sorted(docs.items(), key=lambda kv: kv[1]["seq"])] == sorted(docs)
+
+
+PWNED = Path("/tmp/fw_screen_pwned_by_cif")
+EVIL = f"__import__('os').system('touch {PWNED}')"
+
+
+def hostile_and_oversized() -> dict[str, tuple[str, str]]:
+    """name -> (CIF text, words the recorded reason must contain), for the spec of the test below."""
+    licoo2 = (MP / "LiCoO2_mp-22526.cif").read_text()
+    rows = "".join(f"  O  O{i}  1  0.{i:03d}00  0.2  0.3  1\n" for i in range(100, 150))
+    symops = re.search(r"loop_\n _symmetry_equiv_pos_site_id\n _symmetry_equiv_pos_as_xyz\n((?:  .*\n)+)", licoo2)
+    many_ops = "".join(f"  {i} 'x, y, z+{i}/1000'\n" for i in range(1, 201))
+    magnetic = licoo2 + ("_space_group_magn.name_BNS 'P 1'\n"
+                         "_space_group_magn.transform_BNS_Pp_abc '9**9**9*a,b,c;0,0,0'\n")
+    return {
+        "eval_number.cif": (_sub(r"^(_cell_length_a\s+)\S+$", rf"\g<1>{EVIL}", licoo2),
+                            "could not convert string to float"),
+        "eval_plus.cif": (_sub(r"^(_cell_length_b\s+)\S+$", r"\g<1>1+1", licoo2), "1+1"),
+        "eval_symop.cif": (licoo2.replace(symops.group(1), f"  1 \"{EVIL}\"\n"), ""),
+        "eval_coordinate.cif": (_sub(r"^(\s+O\s+O2\s+6\s+)\S+", rf"\g<1>eval('0.25')", licoo2), ""),
+        "magnetic_bomb.cif": (magnetic, "magnetic CIF"),
+        "many_sites.cif": (licoo2 + rows, "too large: 53 atom sites listed > max_sites=40; not parsed"),
+        "big_cell.cif": (_sub(r"^(_cell_length_c\s+)\S+$", r"\g<1>200.0", licoo2),
+                         "> max_volume=1000; not parsed"),
+        "many_operators.cif": (licoo2.replace(symops.group(1), many_ops),
+                               "too large: 200 symmetry operators > 192"),
+    }
+
+
+def test_hostile_and_oversized_inputs_are_recorded_without_side_effects(store, tmp_path):
+    """CIF text is never evaluated (pymatgen reads numbers with float() and symmetry operators with regular
+    expressions; magnetic CIFs, whose setting pymatgen hands to sympy, are refused), and the spec's size
+    limits (max_cif_bytes, validity.max_sites, validity.max_volume, at most 192 symmetry operators) turn an
+    oversized input into an invalid candidate naming the limit; batch-mates stay valid."""
+    from fw_screen.spec import load_spec
+
+    PWNED.unlink(missing_ok=True)
+    spec = load_spec(campaign="hostile", batch_size=50, dedup_shards=1,
+                     ingest={"max_cif_bytes": 20000}, validity={"max_sites": 40, "max_volume": 1000.0})
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cases = hostile_and_oversized()
+    for name, (text, _) in cases.items():
+        (folder / name).write_text(text)
+    for name in GOOD:
+        (folder / name).write_text((MP / name).read_text())
+    (folder / "big_file.cif").write_text((MP / "LiCoO2_mp-22526.cif").read_text() + "#" * 30000)
+
+    summary = ingest_and_validate(store, folder, spec)
+
+    assert len(summary["batches"]) == 1                 # everything shares one batch
+    docs = by_file(store, "hostile")
+    assert len(docs) == len(cases) + len(GOOD) + 1
+    for name in GOOD:
+        assert docs[name]["status"] == "valid", docs[name]["validity"]
+    for name, (_, words) in cases.items():
+        v = docs[name]["validity"]
+        assert docs[name]["status"] == "invalid", (name, v)
+        assert v["reason"] and words in v["reason"], (name, v["reason"])
+        assert v["first_failure"] not in (None, "internal_error"), (name, v)
+    assert docs["magnetic_bomb.cif"]["validity"]["checks"]["parse"]["passed"] is False
+    big = docs["big_file.cif"]["validity"]
+    assert big["first_failure"] == "ingest" and "> max_cif_bytes=20000" in big["reason"]
+    assert not PWNED.exists()

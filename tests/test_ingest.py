@@ -72,6 +72,29 @@ def test_folder_of_cifs_nested(tmp_path, ingest):
     assert by_source[("sub/two.cif", 1)].text.startswith("data_LiNiO2")
 
 
+def test_folder_links_out_and_special_files_are_recorded_not_read(tmp_path, ingest):
+    import os
+
+    root = tmp_path / "gen"
+    root.mkdir()
+    secret = tmp_path / "secret.cif"
+    secret.write_text("data_secret\n_password hunter2\n")
+    (root / "a.cif").write_text(cif_text("Li2O_mp-1960.cif"))
+    (root / "inside.cif").symlink_to(root / "a.cif")          # a link within the folder is an ordinary input
+    (root / "out.cif").symlink_to(secret)                     # one out of it is not followed
+    (root / "passwd.cif").symlink_to("/etc/passwd")
+    (root / "broken.cif").symlink_to(root / "missing.cif")
+    os.mkfifo(root / "fifo.cif")                              # opening it would block forever
+    raws = {r.source["file"]: r for r in read_inputs(root, ingest)}
+    assert set(raws) == {"a.cif", "inside.cif", "out.cif", "passwd.cif", "broken.cif", "fifo.cif"}
+    assert raws["inside.cif"].text == raws["a.cif"].text == cif_text("Li2O_mp-1960.cif")
+    for name in ("out.cif", "passwd.cif"):
+        assert raws[name].text == "" and raws[name].error.startswith("symbolic link to a file outside")
+    for name in ("broken.cif", "fifo.cif"):
+        assert raws[name].text == "" and raws[name].error.startswith("not a regular file")
+    assert "hunter2" not in repr(raws) and "root:" not in repr(raws)
+
+
 def test_oversized_file_is_recorded_from_its_head_only(tmp_path, ingest, monkeypatch):
     """A huge file (here 3 GB, sparse) must not be loaded into memory to keep its first 4 kB."""
     folder = tmp_path / "big"
@@ -180,7 +203,9 @@ def test_tar_members_are_read_in_memory_never_extracted(tmp_path, monkeypatch, i
     assert all(r.source["file"] == archive.name for r in raws)
     assert set(got) == {("LiCoO2.cif", None), ("nested/dir/Li2O.cif", None), ("../evil.cif", None),
                         ("/tmp/fw_screen_absolute_evil.cif", None), ("../../multi.cif", 0),
-                        ("../../multi.cif", 1)}
+                        ("../../multi.cif", 1), ("link.cif", None)}
+    link = next(r for r in raws if r.source["member"] == "link.cif")   # recorded, never followed
+    assert link.text == "" and link.error == "tar member is a symbolic link to '/etc/passwd', not a regular file: not read"
     for name in ("LiCoO2.cif", "nested/dir/Li2O.cif", "../evil.cif", "/tmp/fw_screen_absolute_evil.cif"):
         assert got[(name, None)] == members[name]
     assert got[("../../multi.cif", 0)] + got[("../../multi.cif", 1)] == members["../../multi.cif"]
@@ -209,6 +234,76 @@ def test_oversized_tar_member_is_recorded_not_read(tmp_path):
     assert raws["big.cif"].error == f"input too large: {len(big.encode())} bytes > max_cif_bytes=1000"
     assert raws["big.cif"].nbytes == len(big.encode())
     assert raws["big.cif"].text == big[:KEPT_PREFIX]
+
+
+def _special(tar: tarfile.TarFile, name: str, kind: bytes, linkname: str = "") -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.devmajor, info.devminor = 1, 3      # /dev/null's numbers, for the device members
+    tar.addfile(info)
+
+
+def test_hostile_tar_members_are_recorded_never_followed(tmp_path, monkeypatch, spec):
+    """Traversal names, absolute names, symlinks, hard links, devices, FIFOs: every regular CIF member is a
+    candidate, every other CIF-named member a candidate with the reason, nothing is written anywhere."""
+    from fw_screen.campaign import validity_fields
+
+    box = tmp_path / "box"
+    (box / "work").mkdir(parents=True)
+    archive = box / "hostile.tar"
+    good = cif_text("Li2O_mp-1960.cif")
+    regular = {"../../evil.cif": good, "/tmp/fw_screen_abs_evil.cif": good, "ok/../../../x.cif": good}
+    special = {"sym.cif": (tarfile.SYMTYPE, "/etc/passwd", "symbolic link to '/etc/passwd'"),
+               "up.cif": (tarfile.SYMTYPE, "../../../../etc/shadow", "symbolic link to '../../../../etc/shadow'"),
+               "hard.cif": (tarfile.LNKTYPE, "../../evil.cif", "hard link to '../../evil.cif'"),
+               "chr.cif": (tarfile.CHRTYPE, "", "device file"),
+               "blk.cif": (tarfile.BLKTYPE, "", "device file"),
+               "fifo.cif": (tarfile.FIFOTYPE, "", "FIFO"),
+               "dir.cif": (tarfile.DIRTYPE, "", "directory")}
+    with tarfile.open(archive, "w") as tar:
+        for name, text in regular.items():
+            _add(tar, name, text.encode())
+        for name, (kind, target, _) in special.items():
+            _special(tar, name, kind, target)
+        _add(tar, "notes.txt", b"not a CIF: not an input")
+    before = _tree(tmp_path)
+    monkeypatch.chdir(box / "work")
+
+    docs = list(iter_candidates(archive, "c", spec))
+
+    assert _tree(tmp_path) == before and not Path("/tmp/fw_screen_abs_evil.cif").exists()
+    by_member = {d["source"]["member"]: d for d in docs}
+    assert len(by_member) == len(docs) == len(regular) + len(special)     # one record each, none dropped
+    for name, text in regular.items():
+        assert by_member[name]["cif_original"] == text and "ingest_error" not in by_member[name]
+        assert validity_fields(by_member[name], spec)["validity"]["valid"] is True
+    for name, (_, _, words) in special.items():
+        doc = by_member[name]
+        assert doc["ingest_error"] == f"tar member is a {words}, not a regular file: not read"
+        assert doc["cif_original"] == "" and doc["cif_processed"] is None
+        v = validity_fields(doc, spec)["validity"]
+        assert v["valid"] is False and v["first_failure"] == "ingest" and v["reason"] == doc["ingest_error"]
+    assert "root:" not in repr(docs)          # /etc/passwd was never read
+
+
+def test_truncated_or_corrupt_archive(tmp_path, ingest):
+    """A cut-off archive yields the members before the cut and a record naming the damage; garbage that is
+    no archive at all stops the submission with a message."""
+    archive = tmp_path / "whole.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i, name in enumerate(["LiCoO2_mp-22526.cif", "Li2O_mp-1960.cif", "NaFePO4_mp-19226.cif"]):
+            _add(tar, f"{i}.cif", cif_text(name).encode())
+    data = archive.read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    raws = list(read_inputs(cut, ingest))
+    assert raws and raws[0].error is None and raws[0].text == cif_text("LiCoO2_mp-22526.cif")
+    assert raws[-1].error and "unreadable" in raws[-1].error
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
+    with pytest.raises(IngestError, match="cannot read archive"):
+        list(read_inputs(bad, ingest))
 
 
 # ----------------------------------------------------------------------------------------- tables

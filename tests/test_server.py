@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from fw_screen import server
-from tests.conftest import free_port
+from tests.conftest import DATA, free_port
+
+MP = DATA / "mp"
 
 
 def test_start_status_stop_restart_keeps_data(tmp_path):
@@ -85,3 +87,148 @@ def test_cli_db_status_and_stop(tmp_path):
     assert stop.returncode == 0
     st = subprocess.run([exe, "--home", str(home), "db", "status"], capture_output=True, text=True, timeout=60)
     assert st.returncode == 3
+
+
+# ------------------------------------------------------------------------------------------- security
+def _cli(home, *args, timeout=180):
+    exe = os.path.join(os.path.dirname(sys.executable), "fw-screen")
+    return subprocess.run([exe, "--home", str(home), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _all_documents(client):
+    for db_name in client.list_database_names():
+        db = client[db_name]
+        for coll in db.list_collection_names():
+            yield from db[coll].find()
+
+
+def test_auth_end_to_end(tmp_path):
+    """`db start --auth`: unauthenticated clients are refused, the LaunchPad file's credentials work for
+    FireWorks and fw-screen, files are private, the password appears in no output, log, document or report."""
+    from fireworks import Firework, LaunchPad, ScriptTask
+
+    from fw_screen import campaign as cp
+    from fw_screen.db import ResultsStore, prepare_launchpad
+    from fw_screen.report import build_report
+    from fw_screen.spec import load_spec
+
+    home = tmp_path / "h"
+    port = free_port()
+    outputs = []
+    started = _cli(home, "db", "start", "--port", str(port), "--auth")
+    outputs += [started.stdout, started.stderr]
+    assert started.returncode == 0, started.stderr
+    assert "authentication on" in started.stdout
+    try:
+        lp_path = home / "launchpad.yaml"
+        lp_conf = yaml.safe_load(lp_path.read_text())
+        password = lp_conf["password"]
+        assert lp_conf["username"] and lp_conf["authsource"] == "admin" and len(password) >= 24
+        assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+        for f in ["launchpad.yaml", "atomate_db.json", "auth.json"] + [f"fworker_{x}.yaml" for x in
+                                                                      ("cheap", "ml", "dft", "all")]:
+            assert stat.S_IMODE(os.stat(home / f).st_mode) == 0o600, f
+        holders = {f.name for f in home.iterdir() if f.is_file() and password in f.read_text(errors="replace")}
+        assert holders == {"launchpad.yaml", "atomate_db.json"}      # nowhere else in the state folder
+
+        anon = pymongo.MongoClient("127.0.0.1", port, retryWrites=False, serverSelectionTimeoutMS=5000)
+        with pytest.raises(pymongo.errors.OperationFailure):
+            anon.fw_screen.things.insert_one({"x": 1})
+        with pytest.raises(pymongo.errors.OperationFailure):
+            anon.fw_screen.things.find_one()
+        anon.close()
+        wrong = pymongo.MongoClient("127.0.0.1", port, username=lp_conf["username"], password="not-it",
+                                    authSource="admin", retryWrites=False, serverSelectionTimeoutMS=5000)
+        with pytest.raises(pymongo.errors.OperationFailure):
+            wrong.fw_screen.things.find_one()
+        wrong.close()
+
+        # FireWorks with the LaunchPad file, as lpad / rlaunch use it
+        lp = LaunchPad.from_file(str(lp_path))
+        prepare_launchpad(lp)
+        lp.add_wf(Firework(ScriptTask.from_str("true"), name="hello", spec={"_category": "cheap"}))
+        assert lp.get_fw_ids() and lp.workflows.count_documents({}) == 1
+        exe_dir = os.path.dirname(sys.executable)
+        launched = subprocess.run([os.path.join(exe_dir, "rlaunch"), "-l", str(lp_path), "-w",
+                                   str(home / "fworker_cheap.yaml"), "singleshot"], capture_output=True,
+                                  text=True, timeout=180, cwd=tmp_path)
+        outputs += [launched.stdout, launched.stderr]
+        assert launched.returncode == 0, launched.stderr
+        assert lp.get_fw_ids({"state": "COMPLETED"}), launched.stderr
+
+        # fw-screen on a tiny campaign, and its report
+        store = ResultsStore.from_file(str(lp_path))
+        folder = tmp_path / "cifs"
+        folder.mkdir()
+        for name in ("LiCoO2_mp-22526.cif", "Li2O_mp-1960.cif"):
+            (folder / name).write_text((MP / name).read_text())
+        spec = load_spec(campaign="sec", batch_size=10, dedup_shards=1)
+        summary = cp.run_ingest(store, folder, spec)
+        for batch in summary["batches"]:
+            cp.run_validity(store, "sec", batch)
+        assert store.status_counts("sec") == {"valid": 2}
+        report = build_report(store, "sec", tmp_path / "report.html", chemical_space=False)
+        assert password not in (tmp_path / "report.html").read_text()
+        assert report["bytes"] > 0
+
+        st = _cli(home, "db", "status")
+        outputs += [st.stdout, st.stderr]
+        assert st.returncode == 0 and str(port) in st.stdout
+
+        admin = pymongo.MongoClient("127.0.0.1", port, username=lp_conf["username"], password=password,
+                                    authSource="admin", retryWrites=False)
+        scanned = 0
+        for doc in _all_documents(admin):
+            assert password not in repr(doc), doc
+            scanned += 1
+        assert scanned > 5
+        admin.close()
+
+        # restarted without --auth: authentication stays on, same credentials
+        outputs += [_cli(home, "db", "stop").stdout]
+        again = _cli(home, "db", "start", "--port", str(port))
+        outputs += [again.stdout, again.stderr]
+        assert again.returncode == 0, again.stderr
+        assert yaml.safe_load(lp_path.read_text())["password"] == password
+        anon = pymongo.MongoClient("127.0.0.1", port, retryWrites=False, serverSelectionTimeoutMS=5000)
+        with pytest.raises(pymongo.errors.OperationFailure):
+            anon.fw_screen.candidates.find_one()
+        anon.close()
+        assert ResultsStore.from_file(str(lp_path)).status_counts("sec") == {"valid": 2}
+    finally:
+        outputs += [_cli(home, "db", "stop").stdout]
+    for text in outputs:
+        assert password not in text
+    logs = [f for f in home.rglob("*.log")]
+    assert logs
+    for f in logs + [home / "server.json"] * (home / "server.json").exists():
+        assert password not in f.read_text(errors="replace"), f
+
+
+def test_non_loopback_bind_needs_auth(tmp_path):
+    for host in ("0.0.0.0", "192.0.2.1", "example.org"):
+        with pytest.raises(server.ServerError, match=f"refusing to bind to {host} without authentication"):
+            server.start(tmp_path / "h", port=free_port(), host=host)
+    assert not (tmp_path / "h" / "server.json").exists()
+    assert server.is_loopback("127.0.0.1") and server.is_loopback("::1") and server.is_loopback("localhost")
+    out = _cli(tmp_path / "h", "db", "start", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert out.returncode != 0 and "refusing to bind to 0.0.0.0 without authentication" in out.stderr
+    # with authentication it binds (the user is provisioned on a loopback-only start first)
+    home, port = tmp_path / "auth", free_port()
+    info = server.start(home, port=port, host="0.0.0.0", auth=True)
+    try:
+        assert info["auth"] is True and "--auth" in info["command"] and info["host"] == "0.0.0.0"
+        assert server.ping("127.0.0.1", port, credentials=server.credentials(home))
+        assert not server.ping("127.0.0.1", port, credentials={**server.credentials(home), "password": "x"})
+    finally:
+        server.stop(home)
+
+
+def test_lost_credentials_are_not_reopened_without_auth(tmp_path):
+    """An authenticated data folder whose LaunchPad file is gone: a clear error, never an open server."""
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "auth.json").write_text('{"username": "fw-screen", "authsource": "admin"}')
+    with pytest.raises(server.ServerError, match="credentials .* are missing"):
+        server.start(home, port=free_port())
+    assert not (home / "server.json").exists()
