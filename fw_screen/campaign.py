@@ -534,14 +534,26 @@ def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: di
 
 
 def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Path, env: dict | None = None,
-                      checkpoint: dict | None = None) -> dict:
+                      checkpoint: dict | None = None, fw_id: int | None = None) -> dict:
     """QE relax -> scf -> nscf band gap for one promoted candidate (starting from its ML-relaxed cell),
-    then its reference phases not yet claimed by anyone, then its DFT hull if all references are done."""
+    then its reference phases not yet claimed by anyone, then its DFT hull if all references are done.
+
+    A rerun of the Firework (``fw_id``) after its launcher died while computing those reference phases
+    inline finds the candidate ``dft_done`` with its hull waiting: it only resumes the references."""
     from fw_screen import qe
     from fw_screen import property as prop
 
     doc = next(store.candidates_for({"_id": candidate_id}, {"campaign": 1, "status": 1, "elements": 1,
-                                                             "targets": 1, "ml": 1}, sort=None), None)
+                                                             "targets": 1, "ml": 1, "dft.hull_status": 1,
+                                                             "dft.structure_relaxed": 1}, sort=None), None)
+    if doc is not None and doc["status"] == st.DFT_DONE and doc["dft"].get("hull_status") == "waiting":
+        spec = store.campaign_spec(doc["campaign"])
+        settings = qe.resolve_settings(spec["dft"]["qe"], env)
+        protocol = qe.protocol(doc["elements"], settings)
+        phases = dft_reference_phases(store, Structure.from_dict(doc["dft"]["structure_relaxed"]), spec)
+        inline = _inline_references(store, doc["campaign"], "-".join(sorted(doc["elements"])), phases, workdir,
+                                    env, settings, protocol["id"], fw_id)
+        return {"status": "resumed", "inline_references": inline}
     if doc is None or doc["status"] != st.PROMOTED:
         return {"status": "skipped", "reason": f"candidate {candidate_id} is "
                                                f"{'missing' if doc is None else doc['status']}, not promoted"}
@@ -585,19 +597,30 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
                                        "kind": p["kind"]} for p in phases]
     store.transition([(candidate_id, st.PROMOTED, st.DFT_DONE, {"dft": fields})], "dft")
     inline = []
-    # references nobody has claimed yet are computed here, so the hull never waits for a reference Firework
-    # that was never added; not under a wall-time budget (each would get a fresh one): their Fireworks do it
-    if fields.get("hull_status") == "waiting" and not settings.get("walltime_s"):
-        for phase in phases:
-            ref = run_dft_reference(store, doc["campaign"], system, phase,
-                                    Path(workdir) / f"ref_{phase['key'].replace(':', '_')}", env)
-            if ref["status"] == "checkpoint":  # out of time: give the claim back for someone else
-                store.finish_dft_reference(ref["ref_id"], "failed", {"reason": "walltime reached (inline run)"})
-            inline.append({k: ref.get(k) for k in ("ref_id", "status")})
-        update_dft_hulls(store, protocol["id"])
+    if fields.get("hull_status") == "waiting":
+        inline = _inline_references(store, doc["campaign"], system, phases, workdir, env, settings, protocol["id"],
+                                    fw_id)
     return {"status": "done", "band_gap": gap, "energy_per_atom": result["energy_per_atom"],
             "hull_status": fields.get("hull_status"), "inline_references": inline,
             "seconds": result.get("seconds"), "pw_seconds": result.get("pw_seconds")}
+
+
+def _inline_references(store: ResultsStore, campaign: str, system: str, phases: list[dict], workdir: str | Path,
+                       env: dict | None, settings: dict, protocol_id: str, fw_id: int | None) -> list[dict]:
+    """References nobody has claimed yet, computed in the candidate's Firework (claimed under its ``fw_id``),
+    so the hull never waits for a reference Firework that was never added; not under a wall-time budget
+    (each would get a fresh one): their Fireworks do it."""
+    inline = []
+    if settings.get("walltime_s"):
+        return inline
+    for phase in phases:
+        ref = run_dft_reference(store, campaign, system, phase,
+                                Path(workdir) / f"ref_{phase['key'].replace(':', '_')}", env, fw_id=fw_id)
+        if ref["status"] == "checkpoint":  # out of time: give the claim back for someone else
+            store.finish_dft_reference(ref["ref_id"], "failed", {"reason": "walltime reached (inline run)"})
+        inline.append({k: ref.get(k) for k in ("ref_id", "status")})
+    update_dft_hulls(store, protocol_id)
+    return inline
 
 
 def update_dft_hulls(store: ResultsStore, protocol_id: str | None = None) -> int:

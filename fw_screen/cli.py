@@ -98,9 +98,10 @@ def _print(obj, as_json: bool) -> None:
 # ----------------------------------------------------------------------------------------- commands
 def cmd_db(args) -> int:
     if args.action == "start":
-        info = server.start(args.home, port=args.port)
+        info = server.start(args.home, port=args.port, host=args.host, auth=args.auth)
         word = "already running" if info["already_running"] else "started"
-        print(f"SecantusDB {word}: pid {info['pid']}, {info['host']}:{info['port']}, data {info['data']}")
+        print(f"SecantusDB {word}: pid {info['pid']}, {info['host']}:{info['port']}, data {info['data']}"
+              + (", authentication on (credentials in the LaunchPad file only)" if info.get("auth") else ""))
         print(f"LaunchPad file: {info['launchpad']}  (lpad -l / rlaunch -l)")
     elif args.action == "stop":
         info = server.stop(args.home)
@@ -386,11 +387,13 @@ def cmd_report(args) -> int:
 
 
 def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, sleep: int = 2,
-                   timeout: int | None = None, progress: bool = False) -> list[int]:
+                   timeout: int | None = None, progress: bool = False, restarts: int = 3) -> list[int]:
     """Run ``workers`` rlaunch rapidfire processes until no work is left; returns their exit codes.
 
     ``progress``: show Fireworks finished / on the LaunchPad while they run (the total grows as stages add
-    Fireworks)."""
+    Fireworks).  ``restarts``: an rlaunch that dies with an error (e.g. its database connection reset while
+    the server restarted) is started again, up to this many times in all; rapidfire exits 0 when no work
+    is left, so a restart costs nothing when the work is done."""
     workdir.mkdir(parents=True, exist_ok=True)
     rlaunch = Path(sys.executable).parent / "rlaunch"
     cmd = [str(rlaunch if rlaunch.exists() else "rlaunch"), "-s", "-l", lp_file, "-w", fworker, "rapidfire",
@@ -398,15 +401,35 @@ def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, slee
     if timeout:
         cmd += ["--timeout", str(timeout)]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = []
-    for i in range(workers):
+
+    def start(i: int) -> subprocess.Popen:
         d = workdir / f"worker{i}"
         d.mkdir(exist_ok=True)
         with open(d / "rlaunch.log", "ab") as log:  # the child keeps its own copy of the handle
-            procs.append(subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env))
+            return subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    procs = [start(i) for i in range(workers)]
+    follower = None
     if progress:
-        _follow_fireworks(lp_file, procs)
-    return [p.wait() for p in procs]
+        import threading
+
+        follower = threading.Thread(target=_follow_fireworks, args=(lp_file, procs), daemon=True)
+        follower.start()
+    codes: list[int | None] = [None] * workers
+    while any(c is None for c in codes):
+        for i, p in enumerate(procs):
+            if codes[i] is None and p.poll() is not None:
+                if p.returncode != 0 and restarts > 0:
+                    restarts -= 1
+                    print(f"rlaunch worker{i} exited with code {p.returncode} (see {workdir / f'worker{i}'}"
+                          f"/rlaunch.log); starting it again", file=sys.stderr, flush=True)
+                    procs[i] = start(i)
+                else:
+                    codes[i] = p.returncode
+        time.sleep(0.2)
+    if follower is not None:
+        follower.join(timeout=10)
+    return codes
 
 
 def _follow_fireworks(lp_file: str, procs: list, poll_s: float = 2.0) -> None:
@@ -445,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="start/stop/status of the embedded SecantusDB server")
     db.add_argument("action", choices=["start", "stop", "status"])
     db.add_argument("--port", type=int, default=server.DEFAULT_PORT)
+    db.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1; any other needs --auth)")
+    db.add_argument("--auth", action="store_true",
+                    help="SCRAM authentication: create a user with a random password, written to the LaunchPad "
+                         "file (0600) only; stays on for this data folder")
     db.add_argument("--json", action="store_true")
     db.set_defaults(func=cmd_db)
 
@@ -548,6 +576,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-l", "--launchpad")
     m.set_defaults(func=cmd_ml)
 
+    rc = sub.add_parser("recover", help="rerun the Fireworks of dead launchers, release their DFT claims and leases")
+    rc.add_argument("-c", "--campaign", help="only this campaign's Fireworks (claims and leases: all)")
+    rc.add_argument("--expiration-secs", type=float, default=None,
+                    help="a RUNNING Firework not pinged for this long is lost (default FireWorks' RUN_EXPIRATION_SECS)")
+    rc.add_argument("--rerun-fizzled", action="store_true",
+                    help="rerun every FIZZLED Firework (default: those that died of a database error or a dead launcher)")
+    rc.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    rc.add_argument("-l", "--launchpad")
+    rc.add_argument("--json", action="store_true")
+    rc.set_defaults(func=cmd_recover)
+
     d = sub.add_parser("demo", help="the whole cheap funnel on the bundled CrystaLLM-pi generations")
     d.add_argument("--input", default=None)
     d.add_argument("--references", nargs="*", default=None)
@@ -556,6 +595,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dft-candidates", type=int, default=1, help="candidates the demo promotes to DFT")
     d.set_defaults(func=cmd_demo)
     return p
+
+
+def cmd_recover(args) -> int:
+    from fw_screen.workflows import format_recovery, recover
+
+    lp_file = resolve_launchpad(args.launchpad, args.home)
+    lp = _launchpad(lp_file)
+    result = recover(lp, _store(lp_file), args.campaign, expiration_secs=args.expiration_secs,
+                     dry_run=args.dry_run, rerun_fizzled=args.rerun_fizzled)
+    print(json.dumps(result, indent=1, default=str) if args.json else format_recovery(result))
+    return 0
 
 
 def cmd_ml(args) -> int:

@@ -425,6 +425,11 @@ class ResultsStore:
             self.candidates.bulk_write(ops, ordered=False)
         return batches
 
+    def pending_ml_batches(self, campaign: str) -> set[str]:
+        """ML batches that still hold novel candidates waiting for the ML stage."""
+        return set(self.candidates.distinct("ml_batch", {"campaign": campaign, "status": st.NOVEL,
+                                                         "ml_batch": {"$exists": True}}))
+
     def unbatched_novel(self, campaign: str) -> list[str]:
         return [d["_id"] for d in self.candidates.find(
             {"campaign": campaign, "status": st.NOVEL, "ml_batch": {"$exists": False}}, {"_id": 1}).sort("seq", 1)]
@@ -479,7 +484,7 @@ class ResultsStore:
             self.dft_references.insert_one({**doc, "status": "running", "claimed": utcnow(), "attempts": 1})
             return True
         except DuplicateKeyError:
-            retake = [{"status": "failed"}]
+            retake = [{"status": "failed"}, {"status": "released"}]  # released: by `fw-screen recover`
             if doc.get("fw_id") is not None:
                 retake.append({"status": "running", "fw_id": doc["fw_id"]})
             res = self.dft_references.update_one(
@@ -491,6 +496,19 @@ class ResultsStore:
     def finish_dft_reference(self, ref_id: str, status: str, result: dict) -> None:
         self.dft_references.update_one({"_id": ref_id}, {"$set": {"status": status, "result": result,
                                                                   "finished": utcnow()}})
+
+    def running_dft_references(self) -> list[dict]:
+        """Reference claims in ``running`` (computing now, or left behind by a launcher that died)."""
+        return list(self.dft_references.find({"status": "running"}, {"structure_initial": 0, "protocol": 0}))
+
+    def release_dft_reference(self, ref_id: str, claimed, reason: str) -> bool:
+        """Give back a ``running`` claim whose run is dead (only if nobody retook it since: same ``claimed``);
+        ``released`` claims are taken again by the next Firework that needs the reference."""
+        res = self.dft_references.update_one(
+            {"_id": ref_id, "status": "running", "claimed": claimed},
+            {"$set": {"status": "released", "released": utcnow()},
+             "$push": {"history": {"at": utcnow(), "event": "released", "reason": reason}}})
+        return res.modified_count == 1
 
     def dft_reference_docs(self, ref_ids: list[str]) -> dict[str, dict]:
         return {d["_id"]: d for d in self.dft_references.find({"_id": {"$in": list(ref_ids)}})}
@@ -531,6 +549,10 @@ class ResultsStore:
         res = self.locks.update_one({"_id": name, "owner": owner},
                                     {"$set": {"expires": utcnow() + dt.timedelta(seconds=lease_s)}})
         return res.matched_count == 1
+
+    def held_locks(self) -> list[dict]:
+        """Leases currently held (owner set), with their expiry."""
+        return list(self.locks.find({"owner": {"$ne": None}}))
 
     def release_lock(self, name: str, owner: str) -> None:
         self.locks.update_one({"_id": name, "owner": owner}, {"$set": {"owner": None, "expires": None}})
@@ -664,3 +686,43 @@ def firework_states(launchpad, campaign: str | None = None) -> dict[str, int]:
     match = {"spec.campaign": campaign} if campaign else {}
     return {d["_id"]: d["n"] for d in launchpad.fireworks.aggregate(
         [{"$match": match}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}])}
+
+
+#: FireWorks states of a Firework that will still run (or runs now)
+LIVE_FW_STATES = ("WAITING", "READY", "RESERVED", "RUNNING")
+
+
+def live_fireworks_for_claim(launchpad, claim: dict) -> list[int]:
+    """fw_ids of live Fireworks that hold or will continue a DFT reference claim: the claiming Firework
+    (a reference Firework, or a candidate's computing it inline) and continuations of that reference."""
+    ors: list[dict] = [{"spec.stage": "dft_reference", "spec.system": claim.get("system"),
+                        "spec._tasks.phase.key": claim.get("key")}]
+    if claim.get("fw_id") is not None:
+        ors.append({"fw_id": claim["fw_id"]})
+    return [d["fw_id"] for d in launchpad.fireworks.find({"state": {"$in": list(LIVE_FW_STATES)}, "$or": ors},
+                                                         {"fw_id": 1})]
+
+
+def stage_keys_with_fireworks(launchpad, campaign: str, stage: str, key: str) -> set:
+    """Values of ``spec.<key>`` of a campaign's Fireworks of one stage (any state): work already on the LaunchPad."""
+    return set(launchpad.fireworks.distinct(f"spec.{key}", {"spec.campaign": campaign, "spec.stage": stage}))
+
+
+def busy_fireworks(launchpad, campaign: str, stages: list[str]) -> int:
+    """How many of a campaign's Fireworks of these stages are RUNNING or RESERVED now."""
+    return launchpad.fireworks.count_documents({"spec.campaign": campaign, "spec.stage": {"$in": stages},
+                                                "state": {"$in": ["RUNNING", "RESERVED"]}})
+
+
+def fizzled_fireworks(launchpad, campaign: str | None = None) -> list[dict]:
+    """FIZZLED fw-screen Fireworks with the exception of their last launch: [{fw_id, name, error}]."""
+    match: dict = {"state": "FIZZLED", "spec.stage": {"$exists": True}}
+    if campaign:
+        match["spec.campaign"] = campaign
+    out = []
+    for fw in launchpad.fireworks.find(match, {"fw_id": 1, "name": 1, "launches": 1}):
+        launch = launchpad.launches.find_one({"launch_id": {"$in": fw.get("launches") or []}},
+                                             {"action.stored_data._exception": 1}, sort=[("launch_id", -1)])
+        exc = (((launch or {}).get("action") or {}).get("stored_data") or {}).get("_exception") or {}
+        out.append({"fw_id": fw["fw_id"], "name": fw.get("name"), "error": exc.get("_stacktrace") or ""})
+    return out

@@ -139,7 +139,8 @@ class QECandidateTask(FiretaskBase):
 
     def run_task(self, fw_spec):
         out = campaign.run_dft_candidate(_store(self, fw_spec), self["candidate"], os.getcwd(), _dft_env(fw_spec),
-                                         checkpoint=self.get("checkpoint"))
+                                         checkpoint=self.get("checkpoint"),
+                                         fw_id=getattr(self, "fw_id", None))  # set by _add_launchpad_and_fw_id
         if out["status"] == "checkpoint":
             return _continuation(self, fw_spec, out["checkpoint"])
         return FWAction(stored_data=out)

@@ -127,6 +127,7 @@ def dft_workflow(store, candidate_ids: list[str], db_file: str | None = None) ->
             continue
         fws.append(Firework(QECandidateTask(candidate=cand["id"], **kw), name=f"qe candidate {cand['id']}",
                             spec={"_category": spec["fireworks"]["category_dft"], "_priority": PRIORITY_CANDIDATE,
+                                  "_add_launchpad_and_fw_id": True,  # its inline reference claims carry its fw_id
                                   "campaign": cand["campaign"], "stage": "dft", "candidate": cand["id"]}))
     for wf in vasp_wfs:
         fws.extend(wf.fws)  # unconnected sub-workflows in one Workflow keep their own links
@@ -160,3 +161,118 @@ def promote(launchpad, store, campaign: str, db_file: str | None = None) -> dict
     summary["dft_fireworks"] = len(wf.fws) if wf else 0
     summary["dft_candidates"] = todo
     return summary
+
+
+#: what makes a FIZZLED Firework an infrastructure casualty (the database went away mid-run), not a bug
+DATABASE_ERRORS = ("pymongo.errors", "ServerSelectionTimeoutError", "AutoReconnect", "NetworkTimeout",
+                   "ConnectionFailure")
+
+
+def recover(launchpad, store, campaign: str | None = None, expiration_secs: float | None = None,
+            dry_run: bool = False, rerun_fizzled: bool = False) -> dict:
+    """``fw-screen recover``: put the work of dead launchers back on the LaunchPad.
+
+    * RUNNING Fireworks whose launcher stopped pinging for ``expiration_secs`` (default FireWorks'
+      ``RUN_EXPIRATION_SECS``): FireWorks' own ``detect_lostruns(rerun=True)`` fizzles their launch and
+      makes them READY again;
+    * FIZZLED Fireworks that died of a database error (server restarted or unreachable mid-run) or with no
+      exception recorded (their launcher died) are rerun; with ``rerun_fizzled`` every FIZZLED fw-screen
+      Firework is;
+    * ``running`` DFT reference claims that no live Firework holds or continues are released (the next
+      Firework needing the reference computes it; a rerun of the claiming Firework retakes its own claim);
+    * uniqueness / promotion leases held by a process of this host that no longer exists are released
+      (elsewhere a lease expires by itself after its ``lease_s``).
+
+    Stage runners only move candidates still in the status they expect (``ResultsStore.transition``), so a
+    rerun processes what the dead run left pending and nothing twice.  Returns what was found and done.
+    """
+    import socket
+
+    from fireworks.fw_config import RUN_EXPIRATION_SECS
+
+    from fw_screen.db import fizzled_fireworks, live_fireworks_for_claim
+    from fw_screen.server import _pid_alive
+
+    expiration_secs = RUN_EXPIRATION_SECS if expiration_secs is None else expiration_secs
+    query = {"spec.campaign": campaign} if campaign else None
+    lost_launches, lost_fws, inconsistent = launchpad.detect_lostruns(
+        expiration_secs=expiration_secs, rerun=not dry_run, refresh=not dry_run, query=query)
+    out: dict = {"dry_run": dry_run, "expiration_secs": expiration_secs, "lost_fireworks": sorted(lost_fws),
+                 "lost_launches": sorted(lost_launches), "inconsistent_fireworks": sorted(inconsistent),
+                 "fizzled_rerun": [], "fizzled_left": [], "claims_released": [], "claims_live": [],
+                 "locks_released": [], "locks_held": []}
+    for fw in fizzled_fireworks(launchpad, campaign):
+        # no exception recorded: the launch was fizzled for its launcher (lost run), not by the task
+        if rerun_fizzled or not fw["error"] or any(e in fw["error"] for e in DATABASE_ERRORS):
+            if not dry_run:
+                launchpad.rerun_fw(fw["fw_id"])
+            out["fizzled_rerun"].append(fw["fw_id"])
+        else:
+            out["fizzled_left"].append(fw["fw_id"])
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    for claim in store.running_dft_references():
+        live = live_fireworks_for_claim(launchpad, claim)
+        claimed = claim["claimed"].replace(tzinfo=claim["claimed"].tzinfo or dt.timezone.utc)
+        if not live and claim.get("fw_id") is None and (now - claimed).total_seconds() < expiration_secs:
+            live = ["unknown (a claim without fw_id, younger than the expiration)"]
+        if live:
+            out["claims_live"].append({"ref_id": claim["_id"], "fireworks": live})
+            continue
+        if dry_run or store.release_dft_reference(
+                claim["_id"], claim["claimed"], f"no live Firework holds it (claimed by fw {claim.get('fw_id')})"):
+            out["claims_released"].append(claim["_id"])
+    # a launcher that died after its task wrote the verdicts but before FireWorks stored the Fireworks the
+    # task added (ML Fireworks of a uniqueness shard, DFT Fireworks of the last ML batch): the rerun finds
+    # nothing pending and adds nothing, so the orphans get their Fireworks here
+    out["ml_batches_added"], out["dft_candidates_added"] = [], []
+    from fw_screen.db import busy_fireworks, stage_keys_with_fireworks
+
+    for name in [campaign] if campaign else store.campaign_names():
+        spec = store.campaign_spec(name)
+        if busy_fireworks(launchpad, name, ["uniqueness", "stability"]):
+            continue  # a live task may be about to add its Fireworks
+        orphans = sorted(store.pending_ml_batches(name) - stage_keys_with_fireworks(launchpad, name, "stability",
+                                                                                      "ml_batch"))
+        if orphans and not dry_run:
+            launchpad.add_wf(Workflow(ml_fireworks(name, orphans, spec), name=f"fw-screen {name} ML (recovered)",
+                                      metadata={"campaign": name}))
+        out["ml_batches_added"] += orphans
+        have = (stage_keys_with_fireworks(launchpad, name, "dft", "candidate")
+                | stage_keys_with_fireworks(launchpad, name, "dft_vasp", "candidate"))
+        todo = [d["_id"] for d in store.candidates_for({"campaign": name, "status": "promoted"}, {"_id": 1})
+                if d["_id"] not in have]
+        if todo and not dry_run:
+            wf = dft_workflow(store, todo)
+            if wf is not None:
+                launchpad.add_wf(wf)
+        out["dft_candidates_added"] += todo
+    host = socket.gethostname()
+    for lock in store.held_locks():
+        owner_host, _, rest = str(lock["owner"]).partition(":")
+        pid = rest.split(":")[0]
+        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            if not dry_run:
+                store.release_lock(lock["_id"], lock["owner"])
+            out["locks_released"].append(lock["_id"])
+        else:
+            out["locks_held"].append({"lock": lock["_id"], "owner": lock["owner"], "expires": str(lock.get("expires"))})
+    return out
+
+
+def format_recovery(r: dict) -> str:
+    """What ``fw-screen recover`` found and did, one line per kind of leftover."""
+    verb = "would" if r["dry_run"] else "did"
+    return "\n".join([
+        f"lost runs (RUNNING, no ping for {r['expiration_secs']:.0f} s): {len(r['lost_fireworks'])} Firework(s) "
+        f"{r['lost_fireworks']} -> {'would be ' if r['dry_run'] else ''}rerun (READY)",
+        f"FIZZLED by database errors or dead launchers: {len(r['fizzled_rerun'])} {r['fizzled_rerun']} ({verb} rerun); "
+        f"other FIZZLED left alone: {r['fizzled_left']}",
+        f"DFT reference claims of dead runs: {len(r['claims_released'])} {r['claims_released']} ({verb} release); "
+        f"still held by live Fireworks: {len(r['claims_live'])}",
+        f"ML batches without a Firework: {len(r['ml_batches_added'])} ({verb} add); promoted candidates without "
+        f"a DFT Firework: {len(r['dft_candidates_added'])} ({verb} add)",
+        f"leases of dead processes: {len(r['locks_released'])} {r['locks_released']} ({verb} release); "
+        f"other leases held: {len(r['locks_held'])}",
+    ])
