@@ -52,6 +52,14 @@ class AnalysisError(ValueError):
     """A question the database cannot answer as asked (unknown stage, column, campaign), stated for a user."""
 
 
+def require_campaign(store: ResultsStore, campaign: str) -> None:
+    """Raise :class:`AnalysisError` naming the campaigns there are when ``campaign`` is not one of them."""
+    names = store.campaign_names()
+    if campaign not in names:
+        known = ", ".join(names) if names else "none yet: `fw-screen submit INPUT --campaign NAME`"
+        raise AnalysisError(f"no campaign {campaign!r} in this database (campaigns: {known})")
+
+
 def table_filter(campaign: str, stage: str | None = None, chemsys: str | None = None,
                  elements: Iterable[str] | None = None, condition: float | None = None,
                  max_ml_e_above_hull: float | None = None, max_dft_e_above_hull: float | None = None,

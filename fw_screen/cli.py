@@ -242,12 +242,11 @@ def cmd_promote(args) -> int:
 
 def _campaigns(store, name: str | None) -> list[str]:
     """The campaign asked for (checked to exist), else every campaign."""
-    names = store.campaign_names()
+    from fw_screen.analysis import require_campaign
+
     if name is None:
-        return names
-    if name not in names:
-        known = ", ".join(names) if names else "none yet: `fw-screen submit INPUT --campaign NAME`"
-        raise CLIError(f"no campaign {name!r} in this database (campaigns: {known})")
+        return store.campaign_names()
+    require_campaign(store, name)
     return [name]
 
 
@@ -268,9 +267,6 @@ def _status_text(store, names: list[str], args) -> str:
         parts.append(text)
     return "\n\n".join(parts)
 
-
-#: FireWorks states in which a Firework still has work to do
-ACTIVE_STATES = ("WAITING", "READY", "RESERVED", "RUNNING", "PAUSED")
 
 
 def cmd_status(args) -> int:
@@ -294,7 +290,9 @@ def cmd_status(args) -> int:
 def _watch(store, launchpad, names: list[str], args) -> int:
     """Refresh the funnel counts every ``--watch`` seconds while launchers run: until Ctrl-C, ``--count``
     refreshes, or (``--until-done``) no Firework of the campaign(s) has work left."""
-    from fw_screen.db import firework_states
+    from fw_screen.db import LIVE_FW_STATES, firework_states
+
+    active_states = (*LIVE_FW_STATES, "PAUSED")  # a paused Firework still has work to do: it waits for a person
 
     clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
     shown = 0
@@ -310,7 +308,7 @@ def _watch(store, launchpad, names: list[str], args) -> int:
             if not clear:
                 print("-" * 100, flush=True)
             shown += 1
-            active = sum(states.get(k, 0) for k in ACTIVE_STATES)
+            active = sum(states.get(k, 0) for k in active_states)
             if args.until_done and not active:
                 print(f"no Fireworks left to run for {', '.join(names)}")
                 return 0

@@ -258,7 +258,7 @@ class ResultsStore:
                         limit: int | None = None) -> list[dict]:
         """One flat row per candidate matching ``match`` (see :data:`HULL_TABLE_PROJECTION`), sorted in the
         database (sort keys are row columns, e.g. ``[("ml_e_above_hull", 1)]``)."""
-        pipeline: list[dict] = [{"$match": match}]
+        pipeline = match_stages(match)
         sort_doc = {HULL_TABLE_SORT_FIELDS.get(k, k): d for k, d in (sort or [])}
         if sort_doc:
             sort_doc.setdefault("seq", 1)
@@ -267,7 +267,7 @@ class ResultsStore:
             pipeline.append({"$limit": int(limit)})
         pipeline.append({"$project": HULL_TABLE_PROJECTION})
         columns = [k for k in HULL_TABLE_PROJECTION if k != "_id"]
-        rows = self.candidates.aggregate(match_stages(match) + pipeline[1:], allowDiskUse=True)
+        rows = self.candidates.aggregate(pipeline, allowDiskUse=True)
         # $project leaves out a field the document does not have: every row gets every column
         return [{c: r.get(c) for c in columns} for r in rows]
 
@@ -674,11 +674,6 @@ def prepare_launchpad(launchpad) -> None:
     """
     if launchpad.fw_id_assigner.find_one({}) is None and launchpad.fireworks.find_one({}) is None:
         launchpad.reset("", require_password=False)
-
-
-def batches_with_fireworks(launchpad, campaign: str) -> set[str]:
-    """Batches of a campaign that already have a validity Firework (in any state) on the LaunchPad."""
-    return set(launchpad.fireworks.distinct("spec.batch", {"spec.campaign": campaign, "spec.stage": "validity"}))
 
 
 def firework_states(launchpad, campaign: str | None = None) -> dict[str, int]:

@@ -44,8 +44,8 @@ from typing import Callable
 import numpy as np
 
 from fw_screen import status as st
-from fw_screen.analysis import AnalysisError, funnel_yields, hull_table, ml_vs_dft
-from fw_screen.db import ResultsStore, StoreError
+from fw_screen.analysis import AnalysisError, funnel_yields, hull_table, ml_vs_dft, require_campaign
+from fw_screen.db import ResultsStore
 
 #: section keys, in the order they appear (the summary and the progress bar use them)
 SECTIONS = ("campaign", "funnel", "e_hull", "band_gap", "parity", "phase_diagrams", "chemical_space", "candidates")
@@ -920,13 +920,8 @@ BUILDERS: dict[str, Callable] = {
 
 
 def _context(store: ResultsStore, campaign: str, **options) -> Context:
-    try:
-        info = store.campaign_info(campaign)
-    except StoreError:
-        known = store.campaign_names()
-        raise AnalysisError(f"no campaign {campaign!r} in this database (campaigns: "
-                            f"{', '.join(known) if known else 'none yet: `fw-screen submit INPUT --campaign NAME`'})"
-                            ) from None
+    require_campaign(store, campaign)
+    info = store.campaign_info(campaign)
     overview = store.campaign_overview(campaign)  # statuses and input files in one pass
     counts = overview["status"]
     if not counts:

@@ -68,11 +68,11 @@ def submit(launchpad, store, source: str | Path, spec: dict, progress=None) -> t
     re-submission heals instead of stranding candidates in ``ingested``.
     """
     from fw_screen.campaign import run_ingest
-    from fw_screen.db import batches_with_fireworks
+    from fw_screen.db import stage_keys_with_fireworks
 
     summary = run_ingest(store, source, spec, progress=progress)
     name = summary["campaign"]
-    batches = sorted(store.pending_batches(name) - batches_with_fireworks(launchpad, name))
+    batches = sorted(store.pending_batches(name) - stage_keys_with_fireworks(launchpad, name, "validity", "batch"))
     summary["workflow_batches"] = batches
     wf = stage_workflow(name, batches, store.campaign_spec(name))
     if wf is not None:
@@ -151,16 +151,23 @@ def promote(launchpad, store, campaign: str, db_file: str | None = None) -> dict
     from fw_screen.campaign import run_promotion
 
     summary = run_promotion(store, campaign)
-    have = set(launchpad.fireworks.distinct("spec.candidate", {"spec.campaign": campaign, "spec.stage": "dft"}))
-    have |= set(launchpad.fireworks.distinct("spec.candidate", {"spec.campaign": campaign, "spec.stage": "dft_vasp"}))
-    waiting = [d["_id"] for d in store.candidates_for({"campaign": campaign, "status": "promoted"}, {"_id": 1})]
-    todo = [c for c in waiting if c not in have]
+    todo = promoted_without_dft_fireworks(launchpad, store, campaign)
     wf = dft_workflow(store, todo, db_file)
     if wf is not None:
         launchpad.add_wf(wf)
     summary["dft_fireworks"] = len(wf.fws) if wf else 0
     summary["dft_candidates"] = todo
     return summary
+
+
+def promoted_without_dft_fireworks(launchpad, store, campaign: str) -> list[str]:
+    """Promoted candidates of a campaign with no DFT Firework (QE or VASP) on the LaunchPad, in input order."""
+    from fw_screen.db import stage_keys_with_fireworks
+
+    have = (stage_keys_with_fireworks(launchpad, campaign, "dft", "candidate")
+            | stage_keys_with_fireworks(launchpad, campaign, "dft_vasp", "candidate"))
+    return [d["_id"] for d in store.candidates_for({"campaign": campaign, "status": "promoted"}, {"_id": 1})
+            if d["_id"] not in have]
 
 
 #: what makes a FIZZLED Firework an infrastructure casualty (the database went away mid-run), not a bug
@@ -239,10 +246,7 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
             launchpad.add_wf(Workflow(ml_fireworks(name, orphans, spec), name=f"fw-screen {name} ML (recovered)",
                                       metadata={"campaign": name}))
         out["ml_batches_added"] += orphans
-        have = (stage_keys_with_fireworks(launchpad, name, "dft", "candidate")
-                | stage_keys_with_fireworks(launchpad, name, "dft_vasp", "candidate"))
-        todo = [d["_id"] for d in store.candidates_for({"campaign": name, "status": "promoted"}, {"_id": 1})
-                if d["_id"] not in have]
+        todo = promoted_without_dft_fireworks(launchpad, store, name)
         if todo and not dry_run:
             wf = dft_workflow(store, todo)
             if wf is not None:
