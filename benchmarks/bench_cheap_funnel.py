@@ -8,7 +8,7 @@ What it does, in one run:
 2. loads the Materials Project references (``examples/mp_*.json.gz``, ``fw_screen.campaign.load_references``);
 3. ``fw_screen.workflows.submit`` of the CrystaLLM-pi generations (``--limit N`` rows, default all 8,000) with
    the default spec (batch_size 200, 4 uniqueness shards);
-4. runs ``--workers`` rlaunch rapidfire workers (``fw_screen.cli.launch_workers`` with the ``fworker_all.yaml``
+4. runs ``--workers`` rlaunch rapidfire workers (``fw_screen.cli.launch_workers`` with the ``fworker_cheap.yaml``
    the server writes) until the LaunchPad is empty, sampling the memory of the launchers and the server;
 5. ``fw_screen.campaign.funnel_report``;
 6. reads every launch back from ``launchpad.launches`` to split worker time into science (the runners' own
@@ -153,8 +153,10 @@ class MemorySampler(threading.Thread):
 
 # -------------------------------------------------------------------------------------- databases
 def database_files(home: Path, label: str | None) -> tuple[str, str]:
-    """(launchpad file, fworker file): the server's own, or copies naming database ``fw_screen_<label>``."""
-    lp_file, fw_file = home / "launchpad.yaml", home / "fworker_all.yaml"
+    """(launchpad file, fworker file): the server's own, or copies naming database ``fw_screen_<label>``.
+
+    The FWorker is the cheap one: the ML Fireworks the uniqueness stage adds stay READY for ML workers."""
+    lp_file, fw_file = home / "launchpad.yaml", home / "fworker_cheap.yaml"
     if label is None:
         return str(lp_file), str(fw_file)
     lp = yaml.safe_load(lp_file.read_text())
@@ -164,7 +166,7 @@ def database_files(home: Path, label: str | None) -> tuple[str, str]:
     new_lp.write_text(yaml.safe_dump(lp, sort_keys=False))
     worker = yaml.safe_load(fw_file.read_text())
     worker["env"]["db_file"] = str(new_lp)
-    new_fw = home / f"fworker_all_{label}.yaml"
+    new_fw = home / f"fworker_cheap_{label}.yaml"
     new_fw.write_text(yaml.safe_dump(worker, sort_keys=False))
     return str(new_lp), str(new_fw)
 

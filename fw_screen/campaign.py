@@ -152,9 +152,8 @@ def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
         ref_items = _reference_items(store, formulas)
         ref_formulas = {key.split("|")[0] for key in ref_items}
         reps_by_key: dict[str, list[uq.Item]] = defaultdict(list)
-        for rep in store.candidates_for({"campaign": campaign, "match_key": {"$in": list(groups)},
-                                         "status": {"$in": [st.KNOWN, *st.NOVEL_OR_LATER]}},
-                                        {"match_key": 1, "structure_reduced": 1}):
+        for rep in store.representatives(campaign, list(groups), [st.KNOWN, *st.NOVEL_OR_LATER],
+                                         {"match_key": 1, "structure_reduced": 1}):
             reps_by_key[rep["match_key"]].append(uq.Item(rep["_id"], Structure.from_dict(rep["structure_reduced"])))
         updates = []
         for i, (key, docs) in enumerate(groups.items()):

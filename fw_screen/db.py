@@ -73,9 +73,16 @@ class ResultsStore:
         return cls(LaunchPad.from_file(path).db)
 
     def ensure_indexes(self) -> None:
+        """The indexes every query of the funnel runs on.
+
+        The embedded server (like any planner, but strictly) serves a filter from an index only when the
+        filter's equality fields are exactly a leading prefix of the index, optionally followed by ONE
+        range/``$in`` field; anything else reads the whole campaign.  So each query below has its own index
+        and keeps that shape (tests/test_query_plans.py checks every query the stages send).
+        """
         c = self.candidates
         c.create_index([("campaign", ASCENDING), ("status", ASCENDING)])
-        c.create_index([("campaign", ASCENDING), ("batch", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("batch", ASCENDING), ("status", ASCENDING)])
         c.create_index([("campaign", ASCENDING), ("seq", ASCENDING)])
         c.create_index([("campaign", ASCENDING), ("shard", ASCENDING), ("status", ASCENDING)])
         c.create_index([("campaign", ASCENDING), ("match_key", ASCENDING), ("status", ASCENDING)])
@@ -85,8 +92,8 @@ class ResultsStore:
         self.references.create_index("match_key")
         self.references.create_index("set")
         self.entries.create_index("chemsys")
-        c.create_index([("campaign", ASCENDING), ("ml_batch", ASCENDING)])
-        c.create_index([("dft.protocol_id", ASCENDING), ("dft.hull_status", ASCENDING)])
+        c.create_index([("campaign", ASCENDING), ("ml_batch", ASCENDING), ("status", ASCENDING)])
+        c.create_index([("dft.hull_status", ASCENDING), ("dft.protocol_id", ASCENDING)])
         self.dft_references.create_index([("protocol_id", ASCENDING), ("key", ASCENDING)])
         # analysis: hull tables sorted by ML/DFT hull distance, filtered by chemical system or condition
         c.create_index([("campaign", ASCENDING), ("ml.e_above_hull", ASCENDING)])
@@ -427,12 +434,24 @@ class ResultsStore:
 
     def pending_ml_batches(self, campaign: str) -> set[str]:
         """ML batches that still hold novel candidates waiting for the ML stage."""
-        return set(self.candidates.distinct("ml_batch", {"campaign": campaign, "status": st.NOVEL,
-                                                         "ml_batch": {"$exists": True}}))
+        return {b for b in self.candidates.distinct("ml_batch", {"campaign": campaign, "status": st.NOVEL})
+                if b is not None}
 
     def unbatched_novel(self, campaign: str) -> list[str]:
-        return [d["_id"] for d in self.candidates.find(
-            {"campaign": campaign, "status": st.NOVEL, "ml_batch": {"$exists": False}}, {"_id": 1}).sort("seq", 1)]
+        """Novel candidates without an ML batch, in input order (the ML-batch test done here, not by the
+        server: with it the filter would no longer fit the (campaign, status) index)."""
+        return [d["_id"] for d in self.candidates.find({"campaign": campaign, "status": st.NOVEL},
+                                                       {"ml_batch": 1}).sort("seq", 1) if "ml_batch" not in d]
+
+    def representatives(self, campaign: str, match_keys: list[str], statuses: Iterable[str],
+                        fields: dict) -> Iterator[dict]:
+        """Candidates of the campaign with one of ``match_keys`` and one of ``statuses`` (the status test
+        done here: two ``$in`` clauses would not fit the (campaign, match_key, status) index)."""
+        statuses = set(statuses)
+        for doc in self.candidates.find({"campaign": campaign, "match_key": {"$in": list(match_keys)}},
+                                        {**fields, "status": 1}):
+            if doc.get("status") in statuses:
+                yield doc
 
     # ------------------------------------------------------------------------------------------ DFT
     def ml_done_for_promotion(self, campaign: str) -> list[dict]:
@@ -515,10 +534,12 @@ class ResultsStore:
 
     def dft_waiting(self, protocol_id: str | None = None) -> list[dict]:
         """DFT-done candidates whose hull waits for reference calculations."""
-        query = {"status": st.DFT_DONE, "dft.hull_status": "waiting"}
+        query = {"dft.hull_status": "waiting"}  # fits the (dft.hull_status, dft.protocol_id) index
         if protocol_id:
             query["dft.protocol_id"] = protocol_id
-        return list(self.candidates.find(query, {"dft": 1, "targets": 1, "campaign": 1, "ml.e_above_hull": 1}))
+        return [d for d in self.candidates.find(query, {"dft": 1, "targets": 1, "campaign": 1,
+                                                        "ml.e_above_hull": 1, "status": 1})
+                if d.get("status") == st.DFT_DONE]
 
     def set_dft_hull(self, candidate_id: str, expected_status: str, fields: dict) -> bool:
         """Set DFT hull fields of a DFT-done candidate once (guarded by the current hull status)."""
