@@ -195,10 +195,11 @@ def accounting_check(store: ResultsStore, campaign: str, n_inputs: int) -> dict:
     """Every input exactly once, none left mid-funnel: read back from the whole collection."""
     c = store.candidates
     docs = list(c.find({"campaign": campaign}, {"source": 1, "status": 1, "runs": 1}))
-    sources = [(d.get("source") or {}).get("material_id") for d in docs]
+    # an input is a row of the table (the generations carry each Material ID twice: two conditions)
+    sources = [((d.get("source") or {}).get("file"), (d.get("source") or {}).get("row")) for d in docs]
     runs_over_one = sum(1 for d in docs for v in (d.get("runs") or {}).values() if v != 1)
     stuck = sum(1 for d in docs if d.get("status") in (st.INGESTED, st.VALID))
-    return {"inputs": n_inputs, "candidates": len(docs), "distinct_input_ids": len(set(sources)),
+    return {"inputs": n_inputs, "candidates": len(docs), "distinct_input_rows": len(set(sources)),
             "stage_runs_not_exactly_one": runs_over_one, "left_ingested_or_valid": stuck,
             "ok": len(docs) == n_inputs == len(set(sources)) and not runs_over_one and not stuck}
 

@@ -588,10 +588,11 @@ def match_stages(match: dict) -> list[dict]:
     """A candidates filter as ``$match`` stages: campaign + the one indexed condition that narrows it most,
     then the rest.
 
-    The embedded server's planner scans the whole collection when one ``$match`` could use two indexes
-    (e.g. a status list and an e_above_hull range), and a scan costs ~0.4 ms per document there; with the
-    index-backed condition alone in the first stage it fetches only what that index finds.  MongoDB merges
-    consecutive ``$match`` stages, so the result is the same query there.
+    The embedded server uses an index only for a filter whose equality fields are exactly a leading prefix
+    of the index, optionally followed by one range/``$in`` field (see :meth:`ResultsStore.ensure_indexes`);
+    e.g. a status list and an e_above_hull range together scan the whole collection, ~0.4 ms per document.
+    With campaign + one indexed condition alone in the first stage it fetches only what that index finds.
+    MongoDB merges consecutive ``$match`` stages, so the result is the same query there.
     """
     parts = [{k: v for k, v in match.items() if k != "$and"}] + list(match.get("$and", []))
     conds = [(k, v) for p in parts for k, v in p.items()]
