@@ -213,10 +213,17 @@ def one_campaign(home: Path, label: str, source: Path, n: int, workers: int, pid
     bcf.print_funnel(r)
     lp = LaunchPad.from_file(str(home / f"launchpad_{label}.yaml"))
     store = ResultsStore.from_launchpad(lp)
-    r["accounting_check"] = accounting_check(store, label, n)
+    for key, measure in (("accounting_check", lambda: accounting_check(store, label, n)),
+                         ("db_stats", lambda: db_stats(store.db)),
+                         ("queries", lambda: explain_queries(store, label))):
+        t = time.perf_counter()
+        try:
+            r[key] = measure()
+        except Exception as exc:  # noqa: BLE001 - record it, keep the figures measured so far
+            r[key] = {"error": f"{type(exc).__name__}: {exc}"} if key != "queries" else []
+            r["errors"].append(f"{key}: {type(exc).__name__}: {exc}")
+        r.setdefault("post_run_s", {})[key] = round(time.perf_counter() - t, 1)
     print(f"  every input once, every candidate decided: {r['accounting_check']}")
-    r["db_stats"] = db_stats(store.db)
-    r["queries"] = explain_queries(store, label)
     for q in r["queries"]:
         print(f"  {q['query']:<62} {' > '.join(q['plan'])}")
         print(f"      returned {q['returned']:>6}, keys {q['keys_examined']}, docs {q['docs_examined']}; "
@@ -252,13 +259,12 @@ def main(argv=None) -> int:
     print(f"SecantusDB pid {info['pid']} on port {info['port']}, home {home}; input {args.n} rows "
           f"({results['input_bytes'] / MB:.0f} MB parquet) made in {results['make_input_s']} s")
     try:
-        runs = {}
+        runs = results["runs"] = {}
         if args.small:
             src = subsample(big_input, args.small, home / f"input_{args.small}.parquet")
             runs["small"] = one_campaign(home, "small", src, args.small, args.workers, info["pid"])
             results["disk_after_small_bytes"] = du(home / "db")
         runs["big"] = one_campaign(home, "big", big_input, args.n, args.workers, info["pid"])
-        results["runs"] = runs
         results["disk_after_big_bytes"] = du(home / "db")
         big = runs["big"]
         per_candidate_disk = ((results["disk_after_big_bytes"] - results.get("disk_after_small_bytes", 0))
@@ -275,8 +281,8 @@ def main(argv=None) -> int:
                                                    / small["candidates_per_s_end_to_end"], 3)
             print(f"  candidates/s: {args.small} -> {small['candidates_per_s_end_to_end']}, {args.n} -> "
                   f"{big['candidates_per_s_end_to_end']}: ratio {results['rate_big_over_small']} (1.0 = linear)")
-        print(f"  all worker queries index-backed: {all(q['indexed'] for q in big['queries'])}; "
-              f"every input once and decided: {big['accounting_check']['ok']}")
+        print(f"  all worker queries index-backed: {bool(big['queries']) and all(q['indexed'] for q in big['queries'])}; "
+              f"every input once and decided: {big['accounting_check'].get('ok')}; errors: {big['errors']}")
     finally:
         results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         results["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

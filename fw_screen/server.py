@@ -17,7 +17,9 @@ file (see ``launchpad/``) and pass it with ``-l``.
 Security: the server binds to 127.0.0.1 unless told otherwise, and a non-loopback address is refused without
 authentication.  ``start(auth=True)`` (``fw-screen db start --auth``) provisions a SCRAM-SHA-256 user with a
 random password (:mod:`secrets`) on a loopback-only, unauthenticated start, then restarts the server with
-``--auth``.  The password is written only to ``launchpad.yaml`` and ``atomate_db.json`` (mode 0600, in a
+``--auth``.  The user may read, write and index any database (FireWorks and fw-screen need no more) but not
+manage users or roles (``WORKER_ROLES``): a leaked worker file cannot create accounts or change
+permissions.  The password is written only to ``launchpad.yaml`` and ``atomate_db.json`` (mode 0600, in a
 0700 state folder); ``auth.json`` remembers that the data folder is authenticated (no secret in it), so a
 later start without ``--auth`` keeps authentication on.
 """
@@ -42,6 +44,15 @@ DEFAULT_PORT = 27117
 DEFAULT_DB_NAME = "fw_screen"
 AUTH_USER = "fw-screen"
 AUTH_SOURCE = "admin"
+#: pymongo settings of the LaunchPad files written here.  retryWrites: the server's retryable-write bookkeeping
+#: grows with every write (benchmarks/bench_retry_writes.py).  connectTimeoutMS is also the timeout of
+#: pymongo's heartbeat, and the server answers no heartbeat while it runs a query: at the 20 s default a
+#: whole-campaign pass of ~30 s (100,000 candidates) had its connection interrupted ("operation cancelled")
+#: by the client's own monitor, and so would every worker's meanwhile (benchmarks/bench_scale.py).
+CLIENT_KWARGS = {"retryWrites": False, "serverSelectionTimeoutMS": 30000, "connectTimeoutMS": 120000}
+#: what the LaunchPad user may do: data and indexes of every database, server monitoring (listDatabases,
+#: serverStatus); not user/role administration (no userAdmin*, no root)
+WORKER_ROLES = ["readWriteAnyDatabase", "dbAdminAnyDatabase", "clusterMonitor"]
 
 
 class ServerError(RuntimeError):
@@ -155,12 +166,12 @@ def _provision_user(host: str, port: int, username: str, password: str) -> None:
     client = MongoClient(host, port, retryWrites=False, serverSelectionTimeoutMS=10000)
     try:
         try:
-            client.admin.command("createUser", username, pwd=password, roles=["root"],
+            client.admin.command("createUser", username, pwd=password, roles=WORKER_ROLES,
                                  mechanisms=["SCRAM-SHA-256"])
         except OperationFailure as exc:
             if "already exists" not in str(exc):
                 raise ServerError(f"createUser {username!r} failed (code {exc.code})") from None
-            client.admin.command("updateUser", username, pwd=password)
+            client.admin.command("updateUser", username, pwd=password, roles=WORKER_ROLES)
     finally:
         client.close()
 
@@ -168,7 +179,7 @@ def _provision_user(host: str, port: int, username: str, password: str) -> None:
 def write_launchpad_files(state: Path, host: str, port: int, name: str = DEFAULT_DB_NAME,
                           creds: dict | None = None) -> Path:
     lp = {"host": host, "port": port, "name": name, "logdir": None, "strm_lvl": "WARNING",
-          "mongoclient_kwargs": {"retryWrites": False, "serverSelectionTimeoutMS": 30000}}
+          "mongoclient_kwargs": dict(CLIENT_KWARGS)}
     if creds:
         lp.update({"username": creds["username"], "password": creds["password"],
                    "authsource": creds.get("authsource") or AUTH_SOURCE})

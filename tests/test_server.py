@@ -175,14 +175,18 @@ def test_auth_end_to_end(tmp_path):
         outputs += [st.stdout, st.stderr]
         assert st.returncode == 0 and str(port) in st.stdout
 
-        admin = pymongo.MongoClient("127.0.0.1", port, username=lp_conf["username"], password=password,
-                                    authSource="admin", retryWrites=False)
-        scanned = 0
-        for doc in _all_documents(admin):
-            assert password not in repr(doc), doc
-            scanned += 1
-        assert scanned > 5
-        admin.close()
+        # least privilege: the workers' user reads and writes data, never administers users or roles
+        worker = pymongo.MongoClient("127.0.0.1", port, username=lp_conf["username"], password=password,
+                                     authSource="admin", retryWrites=False)
+        for command, args in (("createUser", {"pwd": "x" * 24, "roles": ["root"]}),
+                              ("grantRolesToUser", {"roles": ["root"]}),
+                              ("dropUser", {})):
+            with pytest.raises(pymongo.errors.OperationFailure):
+                worker.admin.command(command, "intruder" if command == "createUser" else lp_conf["username"],
+                                     **args)
+        roles = {r["role"] for r in worker.admin.command("connectionStatus")["authInfo"]["authenticatedUserRoles"]}
+        assert roles == set(server.WORKER_ROLES), roles
+        worker.close()
 
         # restarted without --auth: authentication stays on, same credentials
         outputs += [_cli(home, "db", "stop").stdout]
@@ -197,6 +201,18 @@ def test_auth_end_to_end(tmp_path):
         assert ResultsStore.from_file(str(lp_path)).status_counts("sec") == {"valid": 2}
     finally:
         outputs += [_cli(home, "db", "stop").stdout]
+    # every document of every database, user records included, read by the data folder's owner (a server
+    # started on it directly, without --auth, as only someone with the files can)
+    proc, _ = server._launch(home, "127.0.0.1", port, False, 60.0, None)
+    try:
+        owner = pymongo.MongoClient("127.0.0.1", port, retryWrites=False)
+        users = list(owner.admin["system.users"].find())
+        assert any(d.get("user") == lp_conf["username"] for d in users), users
+        scanned = list(_all_documents(owner)) + users
+        assert len(scanned) > 5 and not [d for d in scanned if password in repr(d)]
+        owner.close()
+    finally:
+        server._terminate(proc)
     for text in outputs:
         assert password not in text
     logs = [f for f in home.rglob("*.log")]
