@@ -4,8 +4,10 @@
 project-local state folder (``$FW_SCREEN_HOME``, default ``./.fw-screen``), waits until it answers
 ``ping``, and writes the files FireWorks needs to use it:
 
-* ``launchpad.yaml``: for ``lpad -l``, ``rlaunch -l``, ``qlaunch -l`` (``retryWrites: false``: SecantusDB's
-  retryable-write bookkeeping grows with every write and slows the server ~4x over a campaign);
+* ``launchpad.yaml``: for ``lpad -l``, ``rlaunch -l``, ``qlaunch -l`` (pymongo settings in ``CLIENT_KWARGS``:
+  ``retryWrites: false``, as SecantusDB's retryable-write bookkeeping grows with every write and slows the
+  server ~4x over a campaign; ``connectTimeoutMS`` 120 s, as a long query can stall the server's heartbeat
+  answers past pymongo's 20 s default);
 * ``fworker_cheap.yaml``, ``fworker_ml.yaml``, ``fworker_dft.yaml``, ``fworker_all.yaml``: FWorkers whose
   ``env.db_file`` points the FireTasks at the same database (DFT workers also get ``atomate_db_file``, the
   ``atomate_db.json`` of the VASP path, and pw_cmd / mpi_cmd / pseudo_dir from $FW_SCREEN_PW_CMD,
@@ -46,9 +48,9 @@ AUTH_USER = "fw-screen"
 AUTH_SOURCE = "admin"
 #: pymongo settings of the LaunchPad files written here.  retryWrites: the server's retryable-write bookkeeping
 #: grows with every write (benchmarks/bench_retry_writes.py).  connectTimeoutMS is also the timeout of
-#: pymongo's heartbeat, and the server answers no heartbeat while it runs a query: at the 20 s default a
-#: whole-campaign pass of ~30 s (100,000 candidates) had its connection interrupted ("operation cancelled")
-#: by the client's own monitor, and so would every worker's meanwhile (benchmarks/bench_scale.py).
+#: pymongo's heartbeat, which the server can be slow to answer while it runs a long query: at the 20 s default
+#: a ~35 s whole-campaign count at 100,000 candidates had its connection interrupted ("operation cancelled")
+#: by the client's own monitor (benchmarks/bench_scale.py; seen once more with 150,000 documents).
 CLIENT_KWARGS = {"retryWrites": False, "serverSelectionTimeoutMS": 30000, "connectTimeoutMS": 120000}
 #: what the LaunchPad user may do: data and indexes of every database, server monitoring (listDatabases,
 #: serverStatus); not user/role administration (no userAdmin*, no root)

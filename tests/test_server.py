@@ -248,3 +248,20 @@ def test_lost_credentials_are_not_reopened_without_auth(tmp_path):
     with pytest.raises(server.ServerError, match="credentials .* are missing"):
         server.start(home, port=free_port())
     assert not (home / "server.json").exists()
+
+
+
+def test_launchpad_files_wait_out_long_queries(db_server, tmp_path):
+    """The LaunchPad files fw-screen writes give pymongo's heartbeat 120 s, and FireWorks' client made from
+    them carries it.  (At 100,000 candidates a ~35 s whole-campaign count died with "operation cancelled":
+    pymongo interrupts a client's connections when its heartbeat times out, 20 s by default, while the
+    server is busy.  Seen in that run and once with 150,000 documents, not reliably reproducible: no test.)"""
+    from fireworks import LaunchPad
+
+    written = server.write_launchpad_files(tmp_path, db_server["host"], db_server["port"], "t_hb_settings")
+    kwargs = yaml.safe_load(written.read_text())["mongoclient_kwargs"]
+    assert kwargs == server.CLIENT_KWARGS and kwargs["connectTimeoutMS"] >= 120000
+    lp = LaunchPad.from_file(str(written))
+    assert lp.connection.options.pool_options.connect_timeout == kwargs["connectTimeoutMS"] / 1000
+    assert lp.connection.options.retry_writes is False
+
