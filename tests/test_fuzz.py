@@ -14,8 +14,10 @@ A hang counts as a failure: each input has ``PER_INPUT_TIMEOUT`` seconds.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import signal
 import tempfile
 import time
@@ -119,7 +121,8 @@ def mutated_cif(draw) -> bytes:
 
 
 SPEC = load_spec(campaign="fuzz")
-FOLDER = Path(tempfile.mkdtemp(prefix="fws-fuzz-"))
+FOLDER = Path(tempfile.mkdtemp(prefix="fws-fuzz-"))  # hypothesis tests cannot take tmp_path per example
+atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 STATS = {"inputs": 0, "records": 0, "parsed": 0, "valid": 0, "slowest": 0.0}
 
 
