@@ -33,6 +33,22 @@ def code_version() -> dict:
             "modified_product_files": (git("status", "--short", "--", "fw_screen") or "").splitlines()}
 
 
+def loadavg() -> list[float]:
+    """The 1/5/15-minute load averages, rounded."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_info(**extra) -> dict:
+    """The machine a benchmark runs on (``extra`` entries before the load average at start)."""
+    import platform
+
+    import psutil
+
+    return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
+            "python": platform.python_version(), "platform": platform.platform(), **extra,
+            "loadavg_at_start": loadavg()}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -70,11 +70,11 @@ def naive_yields(store, campaign: str, threshold: float) -> dict:
 
 def plan_summary(ex: dict) -> dict:
     """Stage chain of the winning plan (outermost first), index used, keys/documents examined."""
-    stages, node, index = [], ex["winning_plan"], None
-    while isinstance(node, dict) and node.get("stage"):
-        stages.append(node["stage"])
-        index = node.get("indexName", index)
-        node = node.get("inputStage")
+    from fw_screen.db import plan_nodes
+
+    nodes = plan_nodes(ex["winning_plan"])
+    stages = [n["stage"] for n in nodes]
+    index = next((n["indexName"] for n in reversed(nodes) if "indexName" in n), None)
     s = ex.get("stats") or {}
     return {"stages": " <- ".join(stages), "index": index, "keys_examined": s.get("totalKeysExamined"),
             "docs_examined": s.get("totalDocsExamined"), "returned": s.get("nReturned")}

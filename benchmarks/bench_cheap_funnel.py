@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -48,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import code_version, free_port, save_results  # noqa: E402
+from _common import code_version, free_port, loadavg, machine_info, save_results  # noqa: E402
 
 from fw_screen import server  # noqa: E402
 from fw_screen.campaign import funnel_report, load_references  # noqa: E402
@@ -292,7 +291,6 @@ def run_campaign(home: Path, label: str | None, source: Path, n_inputs: int, bat
     # the same status counts through the (campaign, status) index instead of an aggregation pipeline
     t = time.perf_counter()
     out["report"] = report
-    out["errors"] = out.get("errors", [])
     try:
         counts = {s: store.candidates.count_documents({"campaign": campaign, "status": s})
                   for s in ("ingested", "invalid", "valid", "duplicate", "known", "novel")}
@@ -385,9 +383,7 @@ def main(argv=None) -> int:
     results: dict = {
         "benchmark": "cheap_funnel",
         "date": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
-                    "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine_info(),
         "input": str(args.input), "home": str(home), "port": port, "code": code_version(),
     }
     t = time.perf_counter()
@@ -451,7 +447,7 @@ def main(argv=None) -> int:
                       f"x{r2['non_science_worker_time']}; DB server CPU x{r2['db_server_cpu']}; "
                       f"same funnel counts: {r2['same_verdicts']}")
     finally:
-        results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["machine"]["loadavg_at_end"] = loadavg()
         results["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         results["total_s"] = round((dt.datetime.now().astimezone() - started).total_seconds(), 1)
         if not args.keep:

@@ -37,7 +37,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -54,7 +53,7 @@ import yaml  # noqa: E402
 
 from _common import REPO  # noqa: E402
 
-from _common import code_version, free_port, save_results  # noqa: E402
+from _common import code_version, free_port, loadavg, machine_info, save_results  # noqa: E402
 
 from fw_screen import qe, server  # noqa: E402
 from fw_screen import status as st  # noqa: E402
@@ -90,10 +89,6 @@ def build(name: str):
     else:
         raise SystemExit(f"unknown structure {name!r} (Si, Al, MgO, Li2O, ZnO, TiO2)")
     return s.get_primitive_structure()
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def pseudo_dir(arg: str | None) -> str:
@@ -327,13 +322,9 @@ def main(argv=None) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fws-dftbench-", dir="/tmp"))
     root.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now().astimezone()
-    import psutil
-
     results: dict = {
         "benchmark": "dft", "date": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
-                    "python": platform.python_version(), "platform": platform.platform(),
-                    "hostname": socket.gethostname(), "loadavg_at_start": loadavg()},
+        "machine": machine_info(hostname=socket.gethostname()),
         "args": {k: str(v) for k, v in vars(args).items()}, "code": code_version(),
         "pw_version": qe.pw_version("pw.x"), "pseudo_dir": pdir,
         "settings": {k: qe_spec.get(k) for k in ("kppa", "nscf_kppa", "smearing", "degauss", "conv_thr_per_atom",

@@ -42,7 +42,6 @@ import datetime as dt
 import gzip
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -64,7 +63,7 @@ import yaml  # noqa: E402
 
 from _common import REPO  # noqa: E402
 
-from _common import code_version, free_port  # noqa: E402
+from _common import code_version, free_port, loadavg, machine_info  # noqa: E402
 from bench_cheap_funnel import MemorySampler  # noqa: E402
 
 from fw_screen import server  # noqa: E402
@@ -527,9 +526,7 @@ def main(argv=None) -> int:
     started = dt.datetime.now().astimezone()
     results: dict = {
         "benchmark": "ml_stage", "date": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
-                    "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine_info(),
         "args": {k: str(v) for k, v in vars(args).items()}, "code": code_version(),
         "potential": spec0["ml"]["potential"], "band_gap_model": spec0["property"]["band_gap_model"],
         "ml_settings": {k: spec0["ml"][k] for k in ("fmax", "max_steps", "time_limit_s", "max_sites")},
@@ -560,7 +557,7 @@ def main(argv=None) -> int:
             passes["naive"] = run_pass(home, "naive", items, 1, args.workers, info["pid"])
         floor = floor_loop(home, items) if args.floor else None
     finally:
-        results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["machine"]["loadavg_at_end"] = loadavg()
         if not args.keep:
             server.stop(home)
             if args.home is None:

@@ -38,7 +38,6 @@ import datetime as dt
 import itertools
 import multiprocessing as mp
 import os
-import platform
 import random
 import resource
 import shutil
@@ -51,7 +50,6 @@ from pathlib import Path
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import psutil  # noqa: E402
 from pymatgen.analysis.structure_matcher import StructureMatcher  # noqa: E402
 from pymatgen.core import Structure  # noqa: E402
 
@@ -59,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import code_version, free_port, save_results  # noqa: E402
+from _common import code_version, free_port, loadavg, machine_info, save_results  # noqa: E402
 
 from fw_screen import campaign, server  # noqa: E402
 from fw_screen import references as refs  # noqa: E402
@@ -194,9 +192,7 @@ def main(argv=None) -> int:
 
     started = dt.datetime.now().astimezone()
     res: dict = {"benchmark": "novelty", "date": started.isoformat(timespec="seconds"),
-                 "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
-                             "python": platform.python_version(), "platform": platform.platform(),
-                             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+                 "machine": machine_info(),
                  "args": {k: str(v) for k, v in vars(args).items()}, "code": code_version(), "phases_s": {}}
     ph = res["phases_s"]
     rng = random.Random(args.seed)
@@ -326,7 +322,7 @@ def main(argv=None) -> int:
         if agree != len(sub):
             print(f"  DISAGREEMENTS: {res['naive']['disagreements']}")
     finally:
-        res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        res["machine"]["loadavg_at_end"] = loadavg()
         res["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         res["total_s"] = round((dt.datetime.now().astimezone() - started).total_seconds(), 1)
         server.stop(home)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import random
 import re
 import resource
@@ -40,14 +39,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import code_version, free_port, save_results  # noqa: E402  (sets the BLAS threads first)
+from _common import code_version, free_port, loadavg, machine_info, save_results  # noqa: E402  (sets the BLAS threads first)
 
-import psutil  # noqa: E402
 
 import bench_cheap_funnel as bcf  # noqa: E402
 from fw_screen import server  # noqa: E402
 from fw_screen import status as st  # noqa: E402
-from fw_screen.db import ResultsStore  # noqa: E402
+from fw_screen.db import ResultsStore, plan_nodes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MB = 1024 * 1024
@@ -86,14 +84,6 @@ def make_input(n: int, dest: Path, seed: int = 0) -> Path:
     return dest
 
 
-def subsample(source: Path, n: int, dest: Path, seed: int = 1) -> Path:
-    import pandas as pd
-
-    df = pd.read_parquet(source)
-    df.sample(n=min(n, len(df)), random_state=seed).sort_index().to_parquet(dest)
-    return dest
-
-
 # ---------------------------------------------------------------------------------- plans and sizes
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -110,14 +100,8 @@ def db_stats(db) -> dict:
 
 def plan_stages(plan: dict) -> list[str]:
     """The winning plan's stages from the root down, with the index each IXSCAN uses."""
-    out = []
-    while plan:
-        name = plan.get("stage", "?")
-        if name == "IXSCAN":
-            name += f"({plan.get('indexName') or plan.get('keyPattern')})"
-        out.append(name)
-        plan = plan.get("inputStage") or (plan.get("inputStages") or [None])[0]
-    return out
+    return [n["stage"] + (f"({n.get('indexName') or n.get('keyPattern')})" if n["stage"] == "IXSCAN" else "")
+            for n in plan_nodes(plan)]
 
 
 def worker_queries(store: ResultsStore, campaign: str) -> list[dict]:
@@ -246,9 +230,7 @@ def main(argv=None) -> int:
     started = dt.datetime.now().astimezone()
     results: dict = {
         "benchmark": "scale", "date": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
-                    "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine_info(),
         "code": code_version(), "n": args.n, "small": args.small,
     }
     t = time.perf_counter()
@@ -261,7 +243,7 @@ def main(argv=None) -> int:
     try:
         runs = results["runs"] = {}
         if args.small:
-            src = subsample(big_input, args.small, home / f"input_{args.small}.parquet")
+            src, _ = bcf.subsample(big_input, args.small, home / f"input_{args.small}.parquet", seed=1)
             runs["small"] = one_campaign(home, "small", src, args.small, args.workers, info["pid"])
             results["disk_after_small_bytes"] = du(home / "db")
         runs["big"] = one_campaign(home, "big", big_input, args.n, args.workers, info["pid"])
@@ -284,7 +266,7 @@ def main(argv=None) -> int:
         print(f"  all worker queries index-backed: {bool(big['queries']) and all(q['indexed'] for q in big['queries'])}; "
               f"every input once and decided: {big['accounting_check'].get('ok')}; errors: {big['errors']}")
     finally:
-        results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["machine"]["loadavg_at_end"] = loadavg()
         results["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         results["total_s"] = round((dt.datetime.now().astimezone() - started).total_seconds(), 1)
         server.stop(home)

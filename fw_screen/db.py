@@ -584,6 +584,15 @@ class ResultsStore:
 INDEXED_FIELDS = ("ml.e_above_hull", "dft.e_above_hull", "chemsys", "status", "targets.band_gap.value")
 
 
+def plan_nodes(winning_plan: dict) -> list[dict]:
+    """The stages of an ``explain`` winning plan from the root down (the first input of a multi-input stage)."""
+    nodes, node = [], winning_plan
+    while isinstance(node, dict) and node.get("stage"):
+        nodes.append(node)
+        node = node.get("inputStage") or (node.get("inputStages") or [None])[0]
+    return nodes
+
+
 def match_stages(match: dict) -> list[dict]:
     """A candidates filter as ``$match`` stages: campaign + the one indexed condition that narrows it most,
     then the rest.

@@ -15,6 +15,7 @@ from fw_screen.spec import load_spec
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
+EXAMPLES = REPO / "examples"
 
 
 def free_port() -> int:
@@ -74,3 +75,38 @@ def store(launchpad):
 @pytest.fixture
 def spec():
     return load_spec(campaign="test", batch_size=10, dedup_shards=2)
+
+
+def fworker_file(tmp_path: Path, launchpad_file: Path, categories: list[str], **env) -> str:
+    """An FWorker file for ``categories`` whose FireTasks use ``launchpad_file`` (plus ``env`` entries)."""
+    path = tmp_path / f"fworker_{'_'.join(categories)}.yaml"
+    path.write_text(yaml.safe_dump({"name": "-".join(categories), "category": categories, "query": "{}",
+                                    "env": {"db_file": str(launchpad_file), **env}}))
+    return str(path)
+
+
+def generations_table(folder: Path, n: int, seed: int, repeats: int) -> Path:
+    """``n`` seeded CrystaLLM-pi generations of ``examples/`` plus their first ``repeats`` rows again (so
+    duplicates exist), as a parquet file in ``folder``."""
+    import pandas as pd
+
+    df = pd.read_parquet(EXAMPLES / "crystallm_pi_generated_8k.parquet").sample(n, random_state=seed)
+    df = pd.concat([df, df.iloc[:repeats]], ignore_index=True)
+    path = Path(folder) / f"gen{n + repeats}.parquet"
+    df.to_parquet(path)
+    return path
+
+
+def novel_ml_rows(launchpad, launchpad_file: Path, store, spec: dict, tmp_path: Path) -> None:
+    """MP references of Li-Co-Ni-O and Na-Fe-P-O, the four ML fixture rows submitted and taken through the
+    cheap stages by one cheap worker: they end novel, with ML Fireworks waiting."""
+    from fw_screen.campaign import load_references
+    from fw_screen.cli import launch_workers
+    from fw_screen.workflows import submit
+
+    for f in ("mp_Li-Co-Ni-O.json.gz", "mp_Na-Fe-P-O.json.gz"):
+        load_references(store, EXAMPLES / f)
+    summary, _ = submit(launchpad, store, DATA / "crystallm_pi_ml_rows.parquet", spec)
+    assert summary["new"] == 4
+    assert launch_workers(str(launchpad_file), fworker_file(tmp_path, launchpad_file, ["cheap"]), 1,
+                          tmp_path / "cheap", sleep=1) == [0]

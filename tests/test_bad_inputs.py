@@ -101,14 +101,22 @@ def by_file(store, campaign: str) -> dict[str, dict]:
     return out
 
 
-def test_bad_inputs_are_recorded_with_their_reasons(store, spec, tmp_path):
-    folder = tmp_path / "inputs"
+def input_folder(folder: Path, cases: dict) -> Path:
+    """A new folder holding each case's content (bytes or text) under its name, and the GOOD MP CIFs."""
     folder.mkdir()
-    expected = bad_inputs()
-    for name, (content, _) in expected.items():
-        (folder / name).write_bytes(content)
+    for name, (content, _) in cases.items():
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            (folder / name).write_text(content)
     for name in GOOD:
         (folder / name).write_text((MP / name).read_text())
+    return folder
+
+
+def test_bad_inputs_are_recorded_with_their_reasons(store, spec, tmp_path):
+    expected = bad_inputs()
+    folder = input_folder(tmp_path / "inputs", expected)
     write_huge_cif(folder / "huge.cif")
     assert (folder / "huge.cif").stat().st_size == TEN_MB
     n_files = len(list(folder.iterdir()))
@@ -227,7 +235,7 @@ def hostile_and_oversized() -> dict[str, tuple[str, str]]:
                             "could not convert string to float"),
         "eval_plus.cif": (_sub(r"^(_cell_length_b\s+)\S+$", r"\g<1>1+1", licoo2), "1+1"),
         "eval_symop.cif": (licoo2.replace(symops.group(1), f"  1 \"{EVIL}\"\n"), ""),
-        "eval_coordinate.cif": (_sub(r"^(\s+O\s+O2\s+6\s+)\S+", rf"\g<1>eval('0.25')", licoo2), ""),
+        "eval_coordinate.cif": (_sub(r"^(\s+O\s+O2\s+6\s+)\S+", r"\g<1>eval('0.25')", licoo2), ""),
         "magnetic_bomb.cif": (magnetic, "magnetic CIF"),
         "many_sites.cif": (licoo2 + rows, "too large: 53 atom sites listed > max_sites=40; not parsed"),
         "big_cell.cif": (_sub(r"^(_cell_length_c\s+)\S+$", r"\g<1>200.0", licoo2),
@@ -247,13 +255,8 @@ def test_hostile_and_oversized_inputs_are_recorded_without_side_effects(store, t
     PWNED.unlink(missing_ok=True)
     spec = load_spec(campaign="hostile", batch_size=50, dedup_shards=1,
                      ingest={"max_cif_bytes": 20000}, validity={"max_sites": 40, "max_volume": 1000.0})
-    folder = tmp_path / "in"
-    folder.mkdir()
     cases = hostile_and_oversized()
-    for name, (text, _) in cases.items():
-        (folder / name).write_text(text)
-    for name in GOOD:
-        (folder / name).write_text((MP / name).read_text())
+    folder = input_folder(tmp_path / "in", cases)
     (folder / "big_file.cif").write_text((MP / "LiCoO2_mp-22526.cif").read_text() + "#" * 30000)
 
     summary = ingest_and_validate(store, folder, spec)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from pymatgen.core import Lattice, Structure
 
 from fw_screen import server
@@ -34,7 +33,7 @@ from fw_screen.cli import launch_workers
 from fw_screen.spec import load_spec
 from fw_screen.workflows import dft_workflow, recover, submit
 
-from tests.conftest import free_port
+from tests.conftest import free_port, fworker_file, generations_table, novel_ml_rows
 
 BIN = Path(sys.executable).parent
 DATA = Path(__file__).parent / "data"
@@ -43,13 +42,6 @@ needs_pw = pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x (Quantu
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _fworker(tmp_path: Path, launchpad_file: Path, categories: list[str], **env) -> str:
-    path = tmp_path / f"fworker_{'_'.join(categories)}.yaml"
-    path.write_text(yaml.safe_dump({"name": "-".join(categories), "category": categories, "query": "{}",
-                                    "env": {"db_file": str(launchpad_file), **env}}))
-    return str(path)
-
-
 def _rlaunch(lp_file: str, fworker: str, cwd: Path) -> subprocess.Popen:
     """An ``rlaunch rapidfire`` in a process group of its own (its pw.x children too), as a batch job is."""
     cwd.mkdir(parents=True, exist_ok=True)
@@ -103,18 +95,13 @@ def _recover_cli(lp_file, *args) -> str:
 # --------------------------------------------------------------------------------- kill -9 mid CHGNet
 def test_kill9_mid_ml_relaxation_is_recovered_and_counted_once(launchpad, launchpad_file, store, tmp_path):
     spec = load_spec(campaign="test", batch_size=10, dedup_shards=1, promotion={"auto": False})
-    for f in ("mp_Li-Co-Ni-O.json.gz", "mp_Na-Fe-P-O.json.gz"):
-        load_references(store, EXAMPLES / f)
-    summary, _ = submit(launchpad, store, DATA / "crystallm_pi_ml_rows.parquet", spec)
-    assert summary["new"] == 4
-    assert launch_workers(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["cheap"]), 1,
-                          tmp_path / "cheap", sleep=1) == [0]
+    novel_ml_rows(launchpad, launchpad_file, store, spec, tmp_path)
     relax = launchpad.fireworks.find_one({"spec.stage": "stability", "spec.ml_batch": {"$regex": r"r\.ml"}})
     batch = relax["spec"]["ml_batch"]
     ids = sorted(store.candidates.distinct("_id", {"campaign": "test", "ml_batch": batch}))
     assert len(ids) == 3  # NaFeO2, Na3P, LiNiO2: relaxed by CHGNet in one Firework
 
-    proc = _rlaunch(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["ml"]), tmp_path / "ml1")
+    proc = _rlaunch(str(launchpad_file), fworker_file(tmp_path, launchpad_file, ["ml"]), tmp_path / "ml1")
 
     def first_result_landed():  # the Firework is RUNNING and one relaxation of the batch is written
         fw = launchpad.fireworks.find_one({"fw_id": relax["fw_id"]}, {"state": 1})
@@ -137,7 +124,7 @@ def test_kill9_mid_ml_relaxation_is_recovered_and_counted_once(launchpad, launch
     assert f"1 Firework(s) [{relax['fw_id']}] -> rerun (READY)" in out
     assert launchpad.fireworks.find_one({"fw_id": relax["fw_id"]})["state"] == "READY"
 
-    assert launch_workers(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["ml"]), 1,
+    assert launch_workers(str(launchpad_file), fworker_file(tmp_path, launchpad_file, ["ml"]), 1,
                           tmp_path / "ml2", sleep=1) == [0]
     assert {fw["state"] for fw in launchpad.fireworks.find({}, {"state": 1})} == {"COMPLETED"}
     assert store.candidates.count_documents({"campaign": "test"}) == 4  # nothing lost, nothing added
@@ -194,7 +181,7 @@ def test_kill9_mid_pwx_reference_is_recovered_and_computed_once(launchpad, launc
     claim, nobody else computes the phase, the candidate's hull completes from it."""
     _li_campaign(launchpad, launchpad_file, store, candidates_only=False)
     ref_fw = launchpad.fireworks.find_one({"spec.stage": "dft_reference"})
-    fworker = _fworker(tmp_path, launchpad_file, ["dft"], pseudo_dir=str(DATA / "pseudo"), pw_cmd="pw.x",
+    fworker = fworker_file(tmp_path, launchpad_file, ["dft"], pseudo_dir=str(DATA / "pseudo"), pw_cmd="pw.x",
                        mpi_cmd="")
     proc = _rlaunch(str(launchpad_file), fworker, tmp_path / "dft1")
     _wait_for(lambda: "pw.x" in _group_commands(proc.pid)
@@ -223,7 +210,7 @@ def test_kill9_mid_pwx_of_an_inline_reference_resumes(launchpad, launchpad_file,
     """The candidate Firework computes its reference phase inline and dies in that pw.x after its own result
     was written: the rerun Firework resumes the reference only (no second candidate run, one result)."""
     _li_campaign(launchpad, launchpad_file, store, candidates_only=True)
-    fworker = _fworker(tmp_path, launchpad_file, ["dft"], pseudo_dir=str(DATA / "pseudo"), pw_cmd="pw.x",
+    fworker = fworker_file(tmp_path, launchpad_file, ["dft"], pseudo_dir=str(DATA / "pseudo"), pw_cmd="pw.x",
                        mpi_cmd="")
     proc = _rlaunch(str(launchpad_file), fworker, tmp_path / "dft1")
     def inline_reference_running():  # a 1-site Li reference is a few seconds of pw.x: kill as soon as it starts
@@ -295,11 +282,7 @@ def test_recover_adds_fireworks_a_dead_task_never_added(launchpad, store, spec):
 @pytest.fixture(scope="module")
 def gen80(tmp_path_factory) -> Path:
     """80 real CrystaLLM-pi generations (8 cheap batches of 10), 6 of them repeated (duplicates exist)."""
-    df = pd.read_parquet(EXAMPLES / "crystallm_pi_generated_8k.parquet").sample(74, random_state=11)
-    df = pd.concat([df, df.iloc[:6]], ignore_index=True)
-    path = tmp_path_factory.mktemp("gen") / "gen80.parquet"
-    df.to_parquet(path)
-    return path
+    return generations_table(tmp_path_factory.mktemp("gen"), 74, seed=11, repeats=6)
 
 
 def _decided_once(store, campaign: str, n: int) -> dict:
@@ -327,7 +310,7 @@ def test_database_restart_mid_campaign(gen80, tmp_path):
         lp = LaunchPad.from_file(lp_file)
         prepare_launchpad(lp)
         store = ResultsStore.from_launchpad(lp)
-        fworker = _fworker(tmp_path, Path(lp_file), ["cheap"])
+        fworker = fworker_file(tmp_path, Path(lp_file), ["cheap"])
         # the undisturbed reference run
         ref_spec = load_spec(campaign="calm", batch_size=10, dedup_shards=2)
         submit(lp, store, gen80, ref_spec)
@@ -378,7 +361,7 @@ def test_batch_submitted_while_launchers_run(gen80, launchpad, launchpad_file, s
     pd.concat([df.iloc[:20], df.iloc[40:60]], ignore_index=True).to_parquet(b_path)
     first, wf_a = submit(launchpad, store, a_path, spec)
     assert first["new"] == 40
-    procs = [_rlaunch(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["cheap"]), tmp_path / f"w{i}")
+    procs = [_rlaunch(str(launchpad_file), fworker_file(tmp_path, launchpad_file, ["cheap"]), tmp_path / f"w{i}")
              for i in range(2)]
     try:
         _wait_for(lambda: launchpad.fireworks.count_documents({"state": {"$in": ["RUNNING", "COMPLETED"]}}) >= 1,
@@ -393,7 +376,7 @@ def test_batch_submitted_while_launchers_run(gen80, launchpad, launchpad_file, s
             if p.poll() is None:
                 _kill9(p)
     # B's workflow may have been added after A's uniqueness ran: a late launcher run picks it up
-    assert launch_workers(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["cheap"]), 1,
+    assert launch_workers(str(launchpad_file), fworker_file(tmp_path, launchpad_file, ["cheap"]), 1,
                           tmp_path / "late", sleep=1) == [0]
     _decided_once(store, "test", 80)
     cheap = {"spec.stage": {"$in": ["validity", "uniqueness"]}}

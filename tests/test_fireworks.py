@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -16,25 +15,15 @@ from fw_screen.campaign import funnel_report, run_ingest
 from fw_screen.cli import launch_workers
 from fw_screen.workflows import submit
 
+from tests.conftest import fworker_file, generations_table
+
 BIN = Path(sys.executable).parent
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
 def generations(tmp_path_factory) -> Path:
     """36 real CrystaLLM-pi generations plus 4 rows repeating earlier ones (so duplicates exist)."""
-    df = pd.read_parquet(EXAMPLES / "crystallm_pi_generated_8k.parquet").sample(36, random_state=7)
-    df = pd.concat([df, df.iloc[:4]], ignore_index=True)
-    path = tmp_path_factory.mktemp("gen") / "gen40.parquet"
-    df.to_parquet(path)
-    return path
-
-
-def _fworker(tmp_path: Path, launchpad_file: Path, categories: list[str]) -> Path:
-    path = tmp_path / f"fworker_{'_'.join(categories)}.yaml"
-    path.write_text(yaml.safe_dump({"name": "test", "category": categories, "query": "{}",
-                                    "env": {"db_file": str(launchpad_file)}}))
-    return path
+    return generations_table(tmp_path_factory.mktemp("gen"), 36, seed=7, repeats=4)
 
 
 def test_three_concurrent_launchers_process_each_candidate_once(generations, launchpad, launchpad_file, store,
@@ -44,7 +33,7 @@ def test_three_concurrent_launchers_process_each_candidate_once(generations, lau
     n_fws = len(wf.fws)
     assert n_fws == 4 + spec["dedup_shards"]  # 40 candidates / batch_size 10, then the shards
 
-    codes = launch_workers(str(launchpad_file), str(_fworker(tmp_path, launchpad_file, ["cheap"])), 3,
+    codes = launch_workers(str(launchpad_file), fworker_file(tmp_path, launchpad_file, ["cheap"]), 3,
                            tmp_path / "launches", sleep=1)
     assert codes == [0, 0, 0]
 
@@ -62,7 +51,7 @@ def test_three_concurrent_launchers_process_each_candidate_once(generations, lau
     assert sorted(fw["spec"]["ml_batch"] for fw in ml) == sorted(batches)
     assert {fw["state"] for fw in ml} == {"READY"} and {fw["spec"]["_category"] for fw in ml} == {"ml"}
     hosts = {d["fworker"]["name"] for d in launchpad.launches.find({}, {"fworker": 1})}
-    assert hosts == {"test"}
+    assert hosts == {"cheap"}  # the one FWorker ran every launch
 
     docs = list(store.candidates.find({"campaign": "test"}, {"status": 1, "runs": 1, "duplicate_of": 1, "seq": 1}))
     assert len(docs) == 40
@@ -106,7 +95,7 @@ def test_resubmission_adds_nothing_and_heals_interrupted_submit(generations, lau
 
 def test_categories_keep_ml_workers_off_cheap_work(generations, launchpad, launchpad_file, store, spec, tmp_path):
     submit(launchpad, store, generations, spec)
-    codes = launch_workers(str(launchpad_file), str(_fworker(tmp_path, launchpad_file, ["ml"])), 1,
+    codes = launch_workers(str(launchpad_file), fworker_file(tmp_path, launchpad_file, ["ml"]), 1,
                            tmp_path / "ml", sleep=1, timeout=20)
     assert codes == [0]
     assert launchpad.launches.count_documents({}) == 0
@@ -126,7 +115,7 @@ def test_workflow_yaml_with_plain_lpad_add_and_rlaunch(generations, launchpad, l
     assert add.returncode == 0, add.stderr
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     run = subprocess.run([str(BIN / "rlaunch"), "-l", str(launchpad_file), "-w",
-                          str(_fworker(tmp_path, launchpad_file, ["cheap"])), "rapidfire", "--sleep", "1"],
+                          fworker_file(tmp_path, launchpad_file, ["cheap"]), "rapidfire", "--sleep", "1"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     # ingest Firework + ceil(40/15)=3 validity + 2 uniqueness, all added dynamically and completed

@@ -7,35 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from fw_screen import status as st
-from fw_screen.campaign import funnel_report, load_references
+from fw_screen.campaign import funnel_report
 from fw_screen.cli import launch_workers
-from fw_screen.workflows import promote_to_ml, submit
+from fw_screen.workflows import promote_to_ml
 
-DATA = Path(__file__).parent / "data"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _fworker(tmp_path: Path, launchpad_file: Path, categories: list[str]) -> str:
-    path = tmp_path / f"fworker_{'_'.join(categories)}.yaml"
-    path.write_text(yaml.safe_dump({"name": "-".join(categories), "category": categories, "query": "{}",
-                                    "env": {"db_file": str(launchpad_file)}}))
-    return str(path)
+from tests.conftest import fworker_file, novel_ml_rows
 
 
 def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpad_file, store, spec, tmp_path):
-    for f in ("mp_Li-Co-Ni-O.json.gz", "mp_Na-Fe-P-O.json.gz"):
-        load_references(store, EXAMPLES / f)
-    summary, _ = submit(launchpad, store, DATA / "crystallm_pi_ml_rows.parquet", spec)
-    assert summary["new"] == 4
-    assert launch_workers(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["cheap"]), 1,
-                          tmp_path / "cheap", sleep=1) == [0]
+    novel_ml_rows(launchpad, launchpad_file, store, spec, tmp_path)
     assert store.candidates.count_documents({"campaign": "test", "status": st.NOVEL}) == 4
     ml_fws = launchpad.fireworks.count_documents({"spec.stage": "stability"})
     assert ml_fws >= 1
-    assert launch_workers(str(launchpad_file), _fworker(tmp_path, launchpad_file, ["ml"]), 1,
+    assert launch_workers(str(launchpad_file), fworker_file(tmp_path, launchpad_file, ["ml"]), 1,
                           tmp_path / "ml", sleep=1) == [0]
     states = {fw["state"] for fw in launchpad.fireworks.find({"spec.stage": {"$nin": ["dft", "dft_reference"]}})}
     assert states == {"COMPLETED"}

@@ -19,7 +19,7 @@ from pymongo import MongoClient, monitoring
 
 from fw_screen import campaign as cp
 from fw_screen import status as st
-from fw_screen.db import CANDIDATES, ResultsStore
+from fw_screen.db import CANDIDATES, ResultsStore, plan_nodes
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -64,11 +64,7 @@ def shape(flt: dict) -> str:
 
 def winning_stages(db, flt: dict) -> list[str]:
     plan = db.command("explain", {"find": CANDIDATES, "filter": flt}, verbosity="queryPlanner")
-    node, stages = plan["queryPlanner"]["winningPlan"], []
-    while node:
-        stages.append(node.get("stage"))
-        node = node.get("inputStage") or (node.get("inputStages") or [None])[0]
-    return stages
+    return [node["stage"] for node in plan_nodes(plan["queryPlanner"]["winningPlan"])]
 
 
 @pytest.fixture
