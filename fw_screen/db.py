@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Iterable, Iterator
 
-from pymongo import ASCENDING, InsertOne, UpdateMany, UpdateOne
+from pymongo import ASCENDING, InsertOne, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -128,9 +128,11 @@ class ResultsStore:
         return sorted(d["_id"] for d in self.campaigns.find({}, {"_id": 1}))
 
     def _reserve_seq(self, campaign: str, n: int) -> int:
+        """The first of ``n`` consecutive sequence numbers, taken from the post-image (the value the write
+        itself produced, so it is atomic on every server, the embedded one included)."""
         doc = self.campaigns.find_one_and_update({"_id": campaign}, {"$inc": {"next_seq": n}},
-                                                 projection={"next_seq": 1})
-        return doc["next_seq"]
+                                                 projection={"next_seq": 1}, return_document=ReturnDocument.AFTER)
+        return doc["next_seq"] - n
 
     # ---------------------------------------------------------------------------------- candidates
     def insert_candidates(self, docs: list[dict], batch_size: int, submission: str | None = None,
@@ -752,3 +754,75 @@ def fizzled_fireworks(launchpad, campaign: str | None = None) -> list[dict]:
         exc = (((launch or {}).get("action") or {}).get("stored_data") or {}).get("_exception") or {}
         out.append({"fw_id": fw["fw_id"], "name": fw.get("name"), "error": exc.get("_stacktrace") or ""})
     return out
+
+
+def reserved_without_reservation(launchpad, campaign: str | None = None) -> dict[int, object]:
+    """RESERVED Fireworks holding no RESERVED Launch, with their ``updated_on``: {fw_id: updated_on}.
+
+    FireWorks' checkout marks a Firework RESERVED, then stores a RUNNING Launch, then the Firework RUNNING
+    with that Launch; a launcher that dies between those writes leaves it RESERVED for good (no FireWorks
+    command puts it back: ``detect_lostruns`` looks at RUNNING Fireworks, ``detect_unreserved`` at RESERVED
+    Launches).  A ``qlaunch -r`` reservation is RESERVED with a RESERVED Launch of its own: not listed."""
+    match: dict = {"state": "RESERVED"}
+    if campaign:
+        match["spec.campaign"] = campaign
+    fws = list(launchpad.fireworks.find(match, {"fw_id": 1, "launches": 1, "updated_on": 1}))
+    linked = [lid for fw in fws for lid in fw.get("launches") or []]
+    reserved = {d["launch_id"] for d in launchpad.launches.find(
+        {"launch_id": {"$in": linked}, "state": "RESERVED"}, {"launch_id": 1})} if linked else set()
+    return {fw["fw_id"]: fw.get("updated_on") for fw in fws if not reserved & set(fw.get("launches") or [])}
+
+
+def unlinked_running_launches(launchpad, fw_id: int) -> list[int]:
+    """RUNNING Launches of ``fw_id`` that the Firework does not list (an interrupted checkout stored them)."""
+    fw = launchpad.fireworks.find_one({"fw_id": fw_id}, {"launches": 1}) or {}
+    return [d["launch_id"] for d in launchpad.launches.find(
+        {"fw_id": fw_id, "state": "RUNNING", "launch_id": {"$nin": fw.get("launches") or []}}, {"launch_id": 1})]
+
+
+def launches_under(launchpad, host: str, launch_root: str, states: Iterable[str]) -> list[dict]:
+    """Launches in ``states`` started on ``host`` in a folder under ``launch_root`` (one launcher's):
+    [{launch_id, fw_id, state, linked, last, fw_state, error}]: ``linked`` whether the Firework lists the
+    Launch, ``last`` whether it is the Firework's latest, ``error`` the exception the Launch recorded."""
+    root = str(launch_root).rstrip("/") + "/"
+    launches = [d for d in launchpad.launches.find(
+        {"state": {"$in": list(states)}, "host": host},
+        {"launch_id": 1, "fw_id": 1, "state": 1, "launch_dir": 1, "action.stored_data._exception._stacktrace": 1})
+        if str(d.get("launch_dir", "")).startswith(root)]
+    fws = {fw["fw_id"]: fw for fw in launchpad.fireworks.find(
+        {"fw_id": {"$in": [d["fw_id"] for d in launches]}}, {"fw_id": 1, "launches": 1, "state": 1})} if launches else {}
+    out = []
+    for d in launches:
+        fw = fws.get(d["fw_id"], {})
+        listed = fw.get("launches") or []
+        exc = (((d.get("action") or {}).get("stored_data") or {}).get("_exception") or {}).get("_stacktrace") or ""
+        out.append({"launch_id": d["launch_id"], "fw_id": d["fw_id"], "state": d["state"],
+                    "linked": d["launch_id"] in listed, "last": bool(listed) and listed[-1] == d["launch_id"],
+                    "fw_state": fw.get("state"), "error": exc})
+    return out
+
+
+def firework_state(launchpad, fw_id: int) -> str | None:
+    fw = launchpad.fireworks.find_one({"fw_id": fw_id}, {"state": 1})
+    return fw["state"] if fw else None
+
+
+def locked_workflows(launchpad, fw_ids: Iterable[int] | None = None) -> dict:
+    """Workflows holding FireWorks' lock (``locked: true``, set by ``WFLock``): {workflow _id: its fw_ids};
+    only those containing one of ``fw_ids`` when given."""
+    match: dict = {"locked": True}
+    if fw_ids is not None:
+        match["nodes"] = {"$in": list(fw_ids)}
+    return {d["_id"]: d.get("nodes") or [] for d in launchpad.workflows.find(match, {"nodes": 1})}
+
+
+def unlock_workflows(launchpad, workflow_ids: Iterable) -> int:
+    """Remove FireWorks' workflow lock (what ``WFLock`` does on exit, and ``lpad admin unlock``)."""
+    return launchpad.workflows.update_many({"_id": {"$in": list(workflow_ids)}, "locked": True},
+                                           {"$unset": {"locked": True}}).modified_count
+
+
+def inconsistent_fireworks(launchpad) -> list[int]:
+    """RUNNING Fireworks whose Launch has already COMPLETED or FIZZLED (their workflow refresh never
+    happened: FireWorks' own ``detect_lostruns`` test, nothing changed)."""
+    return sorted(launchpad.detect_lostruns(expiration_secs=10 ** 9)[2])

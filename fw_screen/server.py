@@ -1,6 +1,7 @@
 """The embedded database: a SecantusDB server (MongoDB wire protocol, WiredTiger storage) on loopback.
 
-``fw-screen db start`` launches ``secantusd-py`` as a daemon with its data, pid file and log under a
+``fw-screen db start`` launches ``secantusd-py`` (through :mod:`fw_screen.secantusd`, which makes its
+``findAndModify`` atomic) as a daemon with its data, pid file and log under a
 project-local state folder (``$FW_SCREEN_HOME``, default ``./.fw-screen``), waits until it answers
 ``ping``, and writes the files FireWorks needs to use it:
 
@@ -28,11 +29,11 @@ later start without ``--auth`` keeps authentication on.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -70,12 +71,11 @@ def launchpad_file(state: str | Path | None = None) -> Path:
     return home(state) / "launchpad.yaml"
 
 
-def _executable() -> str:
-    local = Path(sys.executable).parent / "secantusd-py"
-    found = str(local) if local.exists() else shutil.which("secantusd-py")
-    if not found:
-        raise ServerError("secantusd-py not found: pip install secantusdb (make demo / make test do this)")
-    return found
+def _command() -> list[str]:
+    """``secantusd-py`` as :mod:`fw_screen.secantusd` runs it (this interpreter, findAndModify made atomic)."""
+    if importlib.util.find_spec("secantus") is None:
+        raise ServerError("SecantusDB is not installed: pip install secantusdb (make demo / make test do this)")
+    return [sys.executable, "-m", "fw_screen.secantusd"]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -231,7 +231,7 @@ def _launch(state: Path, host: str, port: int, auth: bool, timeout: float, creds
     data = state / "db"
     data.mkdir(exist_ok=True)
     log = open(state / "secantusd.log", "ab")
-    cmd = [_executable(), "--host", host, "--port", str(port), "--storage-path", str(data), "--log-level", "WARNING"]
+    cmd = [*_command(), "--host", host, "--port", str(port), "--storage-path", str(data), "--log-level", "WARNING"]
     if auth:
         cmd.append("--auth")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -175,13 +175,117 @@ DATABASE_ERRORS = ("pymongo.errors", "ServerSelectionTimeoutError", "AutoReconne
                    "ConnectionFailure")
 
 
+#: a Firework RESERVED this long without a Launch of its own was left by a checkout that died (FireWorks'
+#: checkout is a few writes milliseconds apart; a server blocked by a long query can stretch it to a minute)
+CHECKOUT_GRACE_S = 300.0
+
+
+def _age_s(stamp, now) -> float:
+    """Seconds since a FireWorks ``updated_on`` (a datetime or an ISO string, naive means UTC)."""
+    import datetime as dt
+
+    if isinstance(stamp, str):
+        try:
+            stamp = dt.datetime.fromisoformat(stamp)
+        except ValueError:
+            return 0.0
+    if not isinstance(stamp, dt.datetime):
+        return 0.0
+    return (now - (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc))).total_seconds()
+
+
+def interrupted_checkouts(launchpad, campaign: str | None = None, grace_s: float = CHECKOUT_GRACE_S) -> list[int]:
+    """Fireworks left RESERVED by a launcher that died inside FireWorks' checkout, ``grace_s`` ago or more
+    (see :func:`fw_screen.db.reserved_without_reservation`)."""
+    import datetime as dt
+
+    from fw_screen.db import reserved_without_reservation
+
+    now = dt.datetime.now(dt.timezone.utc)
+    return sorted(fw_id for fw_id, stamp in reserved_without_reservation(launchpad, campaign).items()
+                  if _age_s(stamp, now) >= grace_s)
+
+
+def release_checkouts(launchpad, fw_ids: list[int]) -> list[int]:
+    """Put Fireworks an interrupted checkout left RESERVED back to READY (FireWorks' ``rerun_fw``, as
+    ``cancel_reservation`` does); a RUNNING Launch the checkout stored without listing it on the Firework
+    is marked FIZZLED, so no Launch claims to run them.  Returns the Fireworks put back."""
+    from fw_screen.db import reserved_without_reservation, unlinked_running_launches
+
+    still = reserved_without_reservation(launchpad)
+    done = []
+    for fw_id in fw_ids:
+        if fw_id not in still:
+            continue  # finished its checkout after all, or someone else put it back
+        for launch_id in unlinked_running_launches(launchpad, fw_id):
+            launchpad.mark_fizzled(launch_id)
+        launchpad.rerun_fw(fw_id)
+        done.append(fw_id)
+    return done
+
+
+def refresh_fireworks(launchpad, fw_ids: list[int]) -> list[int]:
+    """Refresh the workflows of RUNNING Fireworks whose Launch already ended (FireWorks'
+    ``detect_lostruns(refresh=True)`` restricted to ``fw_ids``); returns those it refreshed."""
+    if not fw_ids:
+        return []
+    return sorted(launchpad.detect_lostruns(expiration_secs=10 ** 9, refresh=True,
+                                            query={"fw_id": {"$in": list(fw_ids)}})[2])
+
+
+def recover_launcher(launchpad, launch_root: str | Path, host: str | None = None) -> dict:
+    """Put back the Fireworks of one launcher whose process has exited (``fw-screen run`` calls this for a
+    crashed rlaunch, and for every launcher once they have all stopped); its Launches are found by their
+    folder (under ``launch_root``) and host.  Nothing here waits for a ping to expire: the process is gone.
+
+    * a Launch still RUNNING that its Firework lists: a lost run, through FireWorks' own
+      ``detect_lostruns(rerun=True)``; if FireWorks had already fizzled the Firework on the way down (a failed
+      workflow refresh does that), it is rerun;
+    * a RUNNING Launch its Firework does not list: an interrupted checkout (:func:`release_checkouts`);
+    * the Firework's latest Launch FIZZLED by a database error (the connection went with the server): rerun.
+
+    While one of those Fireworks' workflows is locked (FireWorks' ``WFLock``, which a launcher dying at the
+    wrong moment leaves behind) nothing is done and ``postponed`` lists them: ask again later.
+    """
+    import socket
+
+    from fw_screen.db import firework_state, launches_under, locked_workflows
+
+    launches = launches_under(launchpad, host or socket.gethostname(), str(Path(launch_root).resolve()),
+                              ["RUNNING", "FIZZLED"])
+    locked = locked_workflows(launchpad, {d["fw_id"] for d in launches})
+    if locked:  # the dead launcher may have died holding it: FireWorks would wait WFLOCK_EXPIRATION_SECS, then fail
+        return {"lost_fireworks": [], "fizzled_rerun": [], "checkouts_released": [],
+                "postponed": sorted(fw for nodes in locked.values() for fw in nodes
+                                    if fw in {d["fw_id"] for d in launches})}
+    running = [d for d in launches if d["state"] == "RUNNING"]
+    linked = [d["launch_id"] for d in running if d["linked"]]
+    lost_fws: list = []
+    if linked:
+        _, lost_fws, _ = launchpad.detect_lostruns(expiration_secs=0, rerun=True, refresh=True,
+                                                   launch_query={"launch_id": {"$in": linked}})
+    casualties = {d["fw_id"] for d in running if d["linked"] and d["fw_id"] not in lost_fws}
+    casualties |= {d["fw_id"] for d in launches if d["state"] == "FIZZLED" and d["last"]
+                   and any(e in d["error"] for e in DATABASE_ERRORS)}
+    rerun = []
+    for fw_id in sorted(casualties):
+        if firework_state(launchpad, fw_id) == "FIZZLED":
+            launchpad.rerun_fw(fw_id)
+            rerun.append(fw_id)
+    released = release_checkouts(launchpad, sorted({d["fw_id"] for d in running if not d["linked"]}))
+    return {"lost_fireworks": sorted(lost_fws), "fizzled_rerun": rerun, "checkouts_released": released,
+            "postponed": []}
+
+
 def recover(launchpad, store, campaign: str | None = None, expiration_secs: float | None = None,
-            dry_run: bool = False, rerun_fizzled: bool = False) -> dict:
+            dry_run: bool = False, rerun_fizzled: bool = False, checkout_grace_s: float = CHECKOUT_GRACE_S) -> dict:
     """``fw-screen recover``: put the work of dead launchers back on the LaunchPad.
 
     * RUNNING Fireworks whose launcher stopped pinging for ``expiration_secs`` (default FireWorks'
       ``RUN_EXPIRATION_SECS``): FireWorks' own ``detect_lostruns(rerun=True)`` fizzles their launch and
       makes them READY again;
+    * Fireworks RESERVED for ``checkout_grace_s`` without a Launch of their own: a launcher died inside
+      FireWorks' checkout (:func:`interrupted_checkouts`); they are made READY again;
     * FIZZLED Fireworks that died of a database error (server restarted or unreachable mid-run) or with no
       exception recorded (their launcher died) are rerun; with ``rerun_fizzled`` every FIZZLED fw-screen
       Firework is;
@@ -208,6 +312,9 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
                  "lost_launches": sorted(lost_launches), "inconsistent_fireworks": sorted(inconsistent),
                  "fizzled_rerun": [], "fizzled_left": [], "claims_released": [], "claims_live": [],
                  "locks_released": [], "locks_held": []}
+    stuck = interrupted_checkouts(launchpad, campaign, checkout_grace_s)
+    out["checkout_grace_s"] = checkout_grace_s
+    out["checkouts_released"] = stuck if dry_run else release_checkouts(launchpad, stuck)
     for fw in fizzled_fireworks(launchpad, campaign):
         # no exception recorded: the launch was fizzled for its launcher (lost run), not by the task
         if rerun_fizzled or not fw["error"] or any(e in fw["error"] for e in DATABASE_ERRORS):
@@ -271,6 +378,8 @@ def format_recovery(r: dict) -> str:
     return "\n".join([
         f"lost runs (RUNNING, no ping for {r['expiration_secs']:.0f} s): {len(r['lost_fireworks'])} Firework(s) "
         f"{r['lost_fireworks']} -> {'would be ' if r['dry_run'] else ''}rerun (READY)",
+        f"interrupted checkouts (RESERVED without a Launch for {r['checkout_grace_s']:.0f} s): "
+        f"{len(r['checkouts_released'])} {r['checkouts_released']} ({verb} rerun)",
         f"FIZZLED by database errors or dead launchers: {len(r['fizzled_rerun'])} {r['fizzled_rerun']} ({verb} rerun); "
         f"other FIZZLED left alone: {r['fizzled_left']}",
         f"DFT reference claims of dead runs: {len(r['claims_released'])} {r['claims_released']} ({verb} release); "

@@ -321,8 +321,8 @@ def test_database_restart_mid_campaign(gen80, tmp_path):
         summary, wf = submit(lp, store, gen80, spec)
         storm_fws = [fw.fw_id for fw in wf.fws]
         codes: list = []
-        workers = threading.Thread(target=lambda: codes.extend(
-            launch_workers(lp_file, fworker, 2, tmp_path / "storm", sleep=1)))  # what `fw-screen run -n 2` runs
+        workers = threading.Thread(target=lambda: codes.extend(  # what `fw-screen run -n 2` runs (grace shortened)
+            launch_workers(lp_file, fworker, 2, tmp_path / "storm", sleep=1, checkout_grace_s=20)))
         workers.start()
 
         def mid_firework():  # one Firework done and another one running: the server goes away under its task
@@ -333,19 +333,19 @@ def test_database_restart_mid_campaign(gen80, tmp_path):
         server.stop(home)
         time.sleep(5)
         server.start(home, port=port)
-        workers.join(timeout=600)
+        workers.join(timeout=900)
+        assert not workers.is_alive()
         assert codes == [0, 0]  # a launcher whose connection was reset is started again
         lp = LaunchPad.from_file(lp_file)
         store = ResultsStore.from_launchpad(lp)
-        # a Firework whose task or launcher died with the connection: FIZZLED, or RUNNING without a launcher
-        r = recover(lp, store, "storm", expiration_secs=0)
-        print(f"recovery {r}")
-        assert r["fizzled_left"] == []
-        if r["lost_fireworks"] or r["fizzled_rerun"]:
-            assert launch_workers(lp_file, fworker, 2, tmp_path / "after", sleep=1) == [0, 0]
+        # whatever died with the connection (a Firework FIZZLED by AutoReconnect, a lost run, a checkout or a
+        # workflow lock cut in half) was put back by the launchers' supervisor: nothing left for `recover`
         left = list(lp.fireworks.find({"spec.campaign": "storm", "spec.stage": {"$ne": "stability"},
                                        "state": {"$ne": "COMPLETED"}}, {"fw_id": 1, "state": 1, "name": 1}))
         assert left == []
+        assert lp.workflows.count_documents({"locked": True}) == 0
+        r = recover(lp, store, "storm", expiration_secs=0, checkout_grace_s=0)
+        assert r["lost_fireworks"] == r["fizzled_rerun"] == r["checkouts_released"] == r["fizzled_left"] == [], r
         assert _decided_once(store, "storm", 80) == calm
     finally:
         server.stop(home)
@@ -381,8 +381,10 @@ def test_batch_submitted_while_launchers_run(gen80, launchpad, launchpad_file, s
     _decided_once(store, "test", 80)
     cheap = {"spec.stage": {"$in": ["validity", "uniqueness"]}}
     assert launchpad.fireworks.count_documents(cheap) == len(wf_a.fws) + len(wf_b.fws)
-    assert launchpad.launches.count_documents({"fw_id": {"$in": launchpad.fireworks.distinct("fw_id", cheap)}}) \
-        == launchpad.fireworks.count_documents(cheap)  # no Firework ran twice
+    fws = list(launchpad.fireworks.find(cheap, {"fw_id": 1, "state": 1, "launches": 1, "archived_launches": 1}))
+    launches = list(launchpad.launches.find({"fw_id": {"$in": [f["fw_id"] for f in fws]}},
+                                            {"launch_id": 1, "fw_id": 1, "state": 1, "host": 1, "fworker.name": 1}))
+    assert len(launches) == len(fws), (fws, launches)  # no Firework ran twice
     assert sorted(launchpad.fireworks.distinct("spec.batch", {"spec.stage": "validity"})) == sorted(
         store.candidates.distinct("batch", {"campaign": "test"}))  # one validity Firework per batch
 
@@ -402,3 +404,133 @@ def test_batch_submitted_while_launchers_run(gen80, launchpad, launchpad_file, s
             assert copy["status"] == st.INVALID
         else:
             assert root(orig) == root(copy) and st.DUPLICATE in (orig["status"], copy["status"])
+
+
+# ----------------------------------------------------- the connection dropped at a chosen database write
+@pytest.fixture(scope="module")
+def failpoint_server(tmp_path_factory):
+    """The embedded server as fw-screen runs it (:func:`fw_screen.server._command`), with mongod's test
+    commands on, so a test can drop a client's connection at its k-th ``findAndModify``
+    (``configureFailPoint failCommand`` with ``closeConnection``, scoped to one ``appName``)."""
+    folder, port = tmp_path_factory.mktemp("failpoint-db"), free_port()
+    with open(folder / "secantusd.log", "ab") as log:
+        proc = subprocess.Popen([*server._command(), "--host", "127.0.0.1", "--port", str(port), "--storage-path",
+                                 str(folder), "--enable-test-commands", "--log-level", "WARNING"],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: server.ping("127.0.0.1", port), 60, "the server with test commands")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def gen20(tmp_path_factory) -> Path:
+    """20 generations: two validity Fireworks of 10 and one uniqueness shard."""
+    return generations_table(tmp_path_factory.mktemp("gen20"), 18, seed=3, repeats=2)
+
+
+#: which FireWorks write the k-th findAndModify of a launcher's first Firework is (FireWorks 2.x), and what
+#: losing the connection there leaves behind
+DROPPED_AT = {
+    1: "checkout: Firework RESERVED, no Launch yet (launcher dies)",
+    3: "checkout: Launch stored RUNNING, Firework still RESERVED without it (launcher dies)",
+    4: "checkout: workflow lock not taken; FireWorks fizzles the Firework (launcher dies)",
+    6: "checkout: workflow lock taken, never released (launcher dies)",
+    8: "inside the task: the Firework FIZZLES with AutoReconnect (launcher lives on)",
+}
+
+
+#: the sweep (``make test-all``): every findAndModify of the run up to the uniqueness shard's checkout
+SWEEP = [pytest.param(k, marks=pytest.mark.slow) for k in range(0, 32) if k not in DROPPED_AT]
+
+
+@pytest.mark.parametrize("k", sorted(DROPPED_AT) + SWEEP)
+def test_connection_dropped_inside_fireworks_bookkeeping(failpoint_server, gen20, k, tmp_path):
+    """The launcher's connection is closed by the server at its k-th findAndModify, i.e. in the middle of
+    FireWorks' own bookkeeping, where a node or network failure leaves states no FireWorks command repairs
+    by itself (a Firework RESERVED for good, a Launch its Firework does not list, a workflow locked by a
+    dead process).  ``launch_workers`` (``fw-screen run``) puts it all back and the campaign finishes with
+    every candidate decided exactly once, without ``fw-screen recover``."""
+    import pymongo
+    import yaml
+    from fireworks import LaunchPad
+
+    from fw_screen.db import ResultsStore, prepare_launchpad
+
+    port, app = failpoint_server, f"fault{k}"
+    lp_file = tmp_path / "launchpad.yaml"
+    lp_file.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "name": f"fp{k}", "strm_lvl": "WARNING",
+                                       "mongoclient_kwargs": {"retryWrites": False, "appname": app}}))
+    lp = LaunchPad(host="127.0.0.1", port=port, name=f"fp{k}", mongoclient_kwargs={"retryWrites": False})
+    prepare_launchpad(lp)
+    store = ResultsStore.from_launchpad(lp)
+    _, wf = submit(lp, store, gen20, load_spec(campaign="fp", batch_size=10, dedup_shards=1))
+    admin = pymongo.MongoClient("127.0.0.1", port, retryWrites=False).admin
+    admin.command({"configureFailPoint": "failCommand", "mode": {"skip": k, "times": 1},
+                   "data": {"failCommands": ["findAndModify"], "closeConnection": True, "appName": app}})
+    try:
+        codes = launch_workers(str(lp_file), fworker_file(tmp_path, lp_file, ["cheap"]), 1, tmp_path / "w",
+                               sleep=1, checkout_grace_s=10)
+    finally:
+        admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+        admin.client.close()
+    assert codes == [0]
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "w").glob("*/rlaunch.log"))
+    errors = "".join(str(d) for d in lp.launches.find({"state": "FIZZLED"}, {"action": 1}))
+    assert "connection closed" in logs + errors, "the failpoint did not fire"
+    cheap = [fw.fw_id for fw in wf.fws]
+    assert {d["state"] for d in lp.fireworks.find({"fw_id": {"$in": cheap}}, {"state": 1})} == {"COMPLETED"}
+    assert lp.workflows.count_documents({"locked": True}) == 0
+    assert lp.launches.count_documents({"state": {"$in": ["RUNNING", "RESERVED"]}}) == 0
+    _decided_once(store, "fp", 20)
+    lp.connection.drop_database(f"fp{k}")
+
+
+def test_recover_puts_back_an_interrupted_checkout(failpoint_server, gen20, tmp_path):
+    """A plain ``rlaunch`` (no ``fw-screen run`` around it) loses its connection between storing its Launch
+    and marking the Firework RUNNING: the Firework stays RESERVED for good, which no FireWorks command
+    repairs.  ``fw-screen recover`` finds it (RESERVED, no Launch of its own, older than ``--checkout-grace``),
+    fizzles the orphan Launch and makes it READY; a dry run changes nothing."""
+    import pymongo
+    import yaml
+    from fireworks import LaunchPad
+
+    from fw_screen.db import ResultsStore, prepare_launchpad
+
+    port = failpoint_server
+    lp_file = tmp_path / "launchpad.yaml"
+    lp_file.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "name": "fprec", "strm_lvl": "WARNING",
+                                       "mongoclient_kwargs": {"retryWrites": False, "appname": "faultrec"}}))
+    lp = LaunchPad(host="127.0.0.1", port=port, name="fprec", mongoclient_kwargs={"retryWrites": False})
+    prepare_launchpad(lp)
+    store = ResultsStore.from_launchpad(lp)
+    submit(lp, store, gen20, load_spec(campaign="fp", batch_size=10, dedup_shards=1))
+    admin = pymongo.MongoClient("127.0.0.1", port, retryWrites=False).admin
+    admin.command({"configureFailPoint": "failCommand", "mode": {"skip": 3, "times": 1},
+                   "data": {"failCommands": ["findAndModify"], "closeConnection": True, "appName": "faultrec"}})
+    try:
+        proc = _rlaunch(str(lp_file), fworker_file(tmp_path, lp_file, ["cheap"]), tmp_path / "w")
+        assert proc.wait(timeout=120) != 0  # the launcher died with its connection
+    finally:
+        admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+        admin.client.close()
+    stuck = lp.fireworks.find_one({"state": "RESERVED"}, {"fw_id": 1, "launches": 1})
+    assert stuck is not None and stuck["launches"] == []
+    orphan = lp.launches.find_one({"fw_id": stuck["fw_id"]}, {"launch_id": 1, "state": 1})
+    assert orphan["state"] == "RUNNING"  # a Launch no Firework lists, which no launcher runs
+
+    dry = _recover_cli(lp_file, "-c", "fp", "--checkout-grace", "0", "--dry-run")
+    assert f"interrupted checkouts (RESERVED without a Launch for 0 s): 1 [{stuck['fw_id']}] (would rerun)" in dry
+    assert lp.fireworks.find_one({"fw_id": stuck["fw_id"]})["state"] == "RESERVED"
+    assert "0 []" in _recover_cli(lp_file, "-c", "fp", "--dry-run").splitlines()[1]  # younger than 300 s: left
+    out = _recover_cli(lp_file, "-c", "fp", "--checkout-grace", "0")
+    assert f"1 [{stuck['fw_id']}] (did rerun)" in out
+    assert lp.fireworks.find_one({"fw_id": stuck["fw_id"]})["state"] == "READY"
+    assert lp.launches.find_one({"launch_id": orphan["launch_id"]})["state"] == "FIZZLED"
+
+    assert launch_workers(str(lp_file), fworker_file(tmp_path, lp_file, ["cheap"]), 1, tmp_path / "w2",
+                          sleep=1) == [0]
+    _decided_once(store, "fp", 20)
+    lp.connection.drop_database("fprec")
