@@ -462,8 +462,9 @@ class _DeadLauncherCleanup:
     * the folders of crashed launchers: :func:`fw_screen.workflows.recover_launcher` (their RUNNING Launches
       are lost for certain);
     * FireWorks states that only a dead or disconnected process leaves, once seen unchanged in every look for
-      ``grace_s`` (FireWorks holds each for milliseconds): a workflow lock (removed), a Firework RESERVED
-      without a Launch (:func:`release_checkouts`), a RUNNING Firework whose Launch has ended (refreshed).
+      ``grace_s`` (FireWorks holds each for milliseconds): a workflow lock on a workflow that has not been
+      rewritten meanwhile (every operation under the lock rewrites it; removed), a Firework RESERVED without
+      a Launch (:func:`release_checkouts`), a RUNNING Firework whose Launch has ended (refreshed).
 
     It looks every ``every_s``; while the database is unreachable it waits for the next look."""
 
@@ -494,8 +495,8 @@ class _DeadLauncherCleanup:
     def tick(self, force: bool = False) -> None:
         from pymongo.errors import PyMongoError
 
-        from fw_screen.db import (inconsistent_fireworks, locked_workflows, reserved_without_reservation,
-                                  unlock_workflows)
+        from fw_screen.db import (inconsistent_fireworks, locked_workflow_stamps, locked_workflows,
+                                  reserved_without_reservation, unlock_workflows)
         from fw_screen.workflows import recover_launcher, refresh_fireworks, release_checkouts
 
         if not force and time.monotonic() < self.next_t:
@@ -515,7 +516,7 @@ class _DeadLauncherCleanup:
                 self.put_back += len(back)
                 self.pending.remove(folder)
             now = time.monotonic()
-            stale = self._stale("locks", {wf: True for wf in locked_workflows(self.lp)}, now)
+            stale = self._stale("locks", locked_workflow_stamps(self.lp), now)
             if stale:
                 unlock_workflows(self.lp, stale)
                 say(f"workflow locks held for {self.grace_s:.0f} s (their holder died) removed: workflows {stale}")
@@ -713,6 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--checkout-grace", type=float, default=None, metavar="SECS",
                     help="a Firework RESERVED this long without a Launch of its own was left by a launcher that died "
                          "inside FireWorks' checkout (default 300)")
+    rc.add_argument("--lock-wait", type=float, default=30.0, metavar="SECS",
+                    help="a workflow locked and unchanged for this long (watched when any is locked) has a "
+                         "lock nobody holds: removed (default 30)")
     rc.add_argument("--rerun-fizzled", action="store_true",
                     help="rerun every FIZZLED Firework (default: those that died of a database error or a dead launcher)")
     rc.add_argument("--dry-run", action="store_true", help="report only, change nothing")
@@ -737,7 +741,8 @@ def cmd_recover(args) -> int:
     lp = _launchpad(lp_file)
     grace = CHECKOUT_GRACE_S if args.checkout_grace is None else args.checkout_grace
     result = recover(lp, _store(lp_file), args.campaign, expiration_secs=args.expiration_secs,
-                     dry_run=args.dry_run, rerun_fizzled=args.rerun_fizzled, checkout_grace_s=grace)
+                     dry_run=args.dry_run, rerun_fizzled=args.rerun_fizzled, checkout_grace_s=grace,
+                     lock_wait_s=args.lock_wait)
     print(json.dumps(result, indent=1, default=str) if args.json else format_recovery(result))
     return 0
 

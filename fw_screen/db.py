@@ -816,6 +816,16 @@ def locked_workflows(launchpad, fw_ids: Iterable[int] | None = None) -> dict:
     return {d["_id"]: d.get("nodes") or [] for d in launchpad.workflows.find(match, {"nodes": 1})}
 
 
+def locked_workflow_stamps(launchpad, campaign: str | None = None) -> dict:
+    """Locked workflows with their ``updated_on`` ({_id: updated_on}): every completed operation under
+    FireWorks' lock rewrites the workflow with a new ``updated_on``, so a lock whose workflow has not changed
+    for a long time has no live holder."""
+    match: dict = {"locked": True}
+    if campaign:
+        match["metadata.campaign"] = campaign
+    return {d["_id"]: str(d.get("updated_on")) for d in launchpad.workflows.find(match, {"updated_on": 1})}
+
+
 def unlock_workflows(launchpad, workflow_ids: Iterable) -> int:
     """Remove FireWorks' workflow lock (what ``WFLock`` does on exit, and ``lpad admin unlock``)."""
     return launchpad.workflows.update_many({"_id": {"$in": list(workflow_ids)}, "locked": True},

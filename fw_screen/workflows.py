@@ -277,13 +277,32 @@ def recover_launcher(launchpad, launch_root: str | Path, host: str | None = None
             "postponed": []}
 
 
+def stale_workflow_locks(launchpad, campaign: str | None = None, wait_s: float = 30.0) -> list:
+    """Workflows locked (FireWorks' ``WFLock``) by no live process: locked, and not rewritten, both now and
+    ``wait_s`` later (an operation under the lock takes milliseconds and rewrites the workflow); waits only
+    when something is locked."""
+    import time
+
+    from fw_screen.db import locked_workflow_stamps
+
+    first = locked_workflow_stamps(launchpad, campaign)
+    if not first:
+        return []
+    time.sleep(wait_s)
+    second = locked_workflow_stamps(launchpad, campaign)
+    return sorted((w for w, stamp in first.items() if second.get(w) == stamp), key=str)
+
+
 def recover(launchpad, store, campaign: str | None = None, expiration_secs: float | None = None,
-            dry_run: bool = False, rerun_fizzled: bool = False, checkout_grace_s: float = CHECKOUT_GRACE_S) -> dict:
+            dry_run: bool = False, rerun_fizzled: bool = False, checkout_grace_s: float = CHECKOUT_GRACE_S,
+            lock_wait_s: float = 30.0) -> dict:
     """``fw-screen recover``: put the work of dead launchers back on the LaunchPad.
 
     * RUNNING Fireworks whose launcher stopped pinging for ``expiration_secs`` (default FireWorks'
       ``RUN_EXPIRATION_SECS``): FireWorks' own ``detect_lostruns(rerun=True)`` fizzles their launch and
       makes them READY again;
+    * workflow locks nobody holds (:func:`stale_workflow_locks`, watched for ``lock_wait_s``) are removed
+      first: FireWorks' own rerun would wait for them and fail;
     * Fireworks RESERVED for ``checkout_grace_s`` without a Launch of their own: a launcher died inside
       FireWorks' checkout (:func:`interrupted_checkouts`); they are made READY again;
     * FIZZLED Fireworks that died of a database error (server restarted or unreachable mid-run) or with no
@@ -304,14 +323,20 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
     from fw_screen.db import fizzled_fireworks, live_fireworks_for_claim
     from fw_screen.server import _pid_alive
 
+    from fw_screen.db import unlock_workflows
+
     expiration_secs = RUN_EXPIRATION_SECS if expiration_secs is None else expiration_secs
     query = {"spec.campaign": campaign} if campaign else None
+    locks = stale_workflow_locks(launchpad, campaign, lock_wait_s)
+    if locks and not dry_run:
+        unlock_workflows(launchpad, locks)
     lost_launches, lost_fws, inconsistent = launchpad.detect_lostruns(
         expiration_secs=expiration_secs, rerun=not dry_run, refresh=not dry_run, query=query)
     out: dict = {"dry_run": dry_run, "expiration_secs": expiration_secs, "lost_fireworks": sorted(lost_fws),
                  "lost_launches": sorted(lost_launches), "inconsistent_fireworks": sorted(inconsistent),
                  "fizzled_rerun": [], "fizzled_left": [], "claims_released": [], "claims_live": [],
                  "locks_released": [], "locks_held": []}
+    out["lock_wait_s"], out["locks_removed"] = lock_wait_s, [str(w) for w in locks]
     stuck = interrupted_checkouts(launchpad, campaign, checkout_grace_s)
     out["checkout_grace_s"] = checkout_grace_s
     out["checkouts_released"] = stuck if dry_run else release_checkouts(launchpad, stuck)
@@ -378,6 +403,8 @@ def format_recovery(r: dict) -> str:
     return "\n".join([
         f"lost runs (RUNNING, no ping for {r['expiration_secs']:.0f} s): {len(r['lost_fireworks'])} Firework(s) "
         f"{r['lost_fireworks']} -> {'would be ' if r['dry_run'] else ''}rerun (READY)",
+        f"workflow locks nobody holds (unchanged for {r['lock_wait_s']:.0f} s): {len(r['locks_removed'])} "
+        f"({verb} remove)",
         f"interrupted checkouts (RESERVED without a Launch for {r['checkout_grace_s']:.0f} s): "
         f"{len(r['checkouts_released'])} {r['checkouts_released']} ({verb} rerun)",
         f"FIZZLED by database errors or dead launchers: {len(r['fizzled_rerun'])} {r['fizzled_rerun']} ({verb} rerun); "

@@ -488,49 +488,62 @@ def test_connection_dropped_inside_fireworks_bookkeeping(failpoint_server, gen20
     lp.connection.drop_database(f"fp{k}")
 
 
-def test_recover_puts_back_an_interrupted_checkout(failpoint_server, gen20, tmp_path):
-    """A plain ``rlaunch`` (no ``fw-screen run`` around it) loses its connection between storing its Launch
-    and marking the Firework RUNNING: the Firework stays RESERVED for good, which no FireWorks command
-    repairs.  ``fw-screen recover`` finds it (RESERVED, no Launch of its own, older than ``--checkout-grace``),
-    fizzles the orphan Launch and makes it READY; a dry run changes nothing."""
+@pytest.mark.parametrize("k", [3, 6])
+def test_recover_puts_back_what_a_plain_rlaunch_left(failpoint_server, gen20, k, tmp_path):
+    """A plain ``rlaunch`` (no ``fw-screen run`` around it) loses its connection (k=3) between storing its
+    Launch and marking the Firework RUNNING: the Firework stays RESERVED for good; or (k=6) after taking its
+    workflow's lock, which nobody then releases (FireWorks waits 5 min for it, then fails, every time).  No
+    FireWorks command repairs either.  ``fw-screen recover`` removes the lock (locked and unchanged while it
+    watches, ``--lock-wait``), puts the RESERVED Firework back (no Launch of its own, older than
+    ``--checkout-grace``; the orphan Launch is fizzled) and reruns the lost run; a dry run changes nothing."""
     import pymongo
     import yaml
     from fireworks import LaunchPad
 
     from fw_screen.db import ResultsStore, prepare_launchpad
 
-    port = failpoint_server
+    port, name = failpoint_server, f"fprec{k}"
     lp_file = tmp_path / "launchpad.yaml"
-    lp_file.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "name": "fprec", "strm_lvl": "WARNING",
-                                       "mongoclient_kwargs": {"retryWrites": False, "appname": "faultrec"}}))
-    lp = LaunchPad(host="127.0.0.1", port=port, name="fprec", mongoclient_kwargs={"retryWrites": False})
+    lp_file.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "name": name, "strm_lvl": "WARNING",
+                                       "mongoclient_kwargs": {"retryWrites": False, "appname": name}}))
+    lp = LaunchPad(host="127.0.0.1", port=port, name=name, mongoclient_kwargs={"retryWrites": False})
     prepare_launchpad(lp)
     store = ResultsStore.from_launchpad(lp)
     submit(lp, store, gen20, load_spec(campaign="fp", batch_size=10, dedup_shards=1))
     admin = pymongo.MongoClient("127.0.0.1", port, retryWrites=False).admin
-    admin.command({"configureFailPoint": "failCommand", "mode": {"skip": 3, "times": 1},
-                   "data": {"failCommands": ["findAndModify"], "closeConnection": True, "appName": "faultrec"}})
+    admin.command({"configureFailPoint": "failCommand", "mode": {"skip": k, "times": 1},
+                   "data": {"failCommands": ["findAndModify"], "closeConnection": True, "appName": name}})
     try:
         proc = _rlaunch(str(lp_file), fworker_file(tmp_path, lp_file, ["cheap"]), tmp_path / "w")
         assert proc.wait(timeout=120) != 0  # the launcher died with its connection
     finally:
         admin.command({"configureFailPoint": "failCommand", "mode": "off"})
         admin.client.close()
-    stuck = lp.fireworks.find_one({"state": "RESERVED"}, {"fw_id": 1, "launches": 1})
-    assert stuck is not None and stuck["launches"] == []
-    orphan = lp.launches.find_one({"fw_id": stuck["fw_id"]}, {"launch_id": 1, "state": 1})
-    assert orphan["state"] == "RUNNING"  # a Launch no Firework lists, which no launcher runs
 
-    dry = _recover_cli(lp_file, "-c", "fp", "--checkout-grace", "0", "--dry-run")
-    assert f"interrupted checkouts (RESERVED without a Launch for 0 s): 1 [{stuck['fw_id']}] (would rerun)" in dry
-    assert lp.fireworks.find_one({"fw_id": stuck["fw_id"]})["state"] == "RESERVED"
-    assert "0 []" in _recover_cli(lp_file, "-c", "fp", "--dry-run").splitlines()[1]  # younger than 300 s: left
-    out = _recover_cli(lp_file, "-c", "fp", "--checkout-grace", "0")
-    assert f"1 [{stuck['fw_id']}] (did rerun)" in out
-    assert lp.fireworks.find_one({"fw_id": stuck["fw_id"]})["state"] == "READY"
+    def line(out: str, start: str) -> str:
+        return next(x for x in out.splitlines() if x.startswith(start))
+
+    orphan = lp.launches.find_one({}, {"launch_id": 1, "state": 1, "fw_id": 1})
+    assert orphan["state"] == "RUNNING"  # a Launch no launcher runs
+    fw = lp.fireworks.find_one({"fw_id": orphan["fw_id"]}, {"fw_id": 1, "launches": 1, "state": 1})
+    args = ["-c", "fp", "--checkout-grace", "0", "--expiration-secs", "0", "--lock-wait", "2"]
+    dry = _recover_cli(lp_file, *args, "--dry-run")
+    if k == 3:
+        assert fw["state"] == "RESERVED" and fw["launches"] == []  # the Firework does not list it
+        assert f"1 [{fw['fw_id']}] (would rerun)" in line(dry, "interrupted checkouts")
+        assert "0 []" in line(_recover_cli(lp_file, "-c", "fp", "--dry-run"), "interrupted")  # younger than 300 s
+    else:  # FireWorks fizzled the Firework when its workflow refresh failed; the Launch still says RUNNING
+        assert fw["state"] == "FIZZLED" and lp.workflows.count_documents({"locked": True}) == 1
+        assert line(dry, "workflow locks").endswith(": 1 (would remove)")
+    assert lp.fireworks.find_one({"fw_id": fw["fw_id"]})["state"] == fw["state"]  # dry run: untouched
+    out = _recover_cli(lp_file, *args)
+    assert lp.workflows.count_documents({"locked": True}) == 0
+    assert lp.fireworks.find_one({"fw_id": fw["fw_id"]})["state"] == "READY"
     assert lp.launches.find_one({"launch_id": orphan["launch_id"]})["state"] == "FIZZLED"
+    assert (f"1 [{fw['fw_id']}] (did rerun)" in line(out, "interrupted checkouts")) == (k == 3)
+    assert (f"1 [{fw['fw_id']}] (did rerun)" in line(out, "FIZZLED by database errors")) == (k == 6)
 
     assert launch_workers(str(lp_file), fworker_file(tmp_path, lp_file, ["cheap"]), 1, tmp_path / "w2",
                           sleep=1) == [0]
     _decided_once(store, "fp", 20)
-    lp.connection.drop_database("fprec")
+    lp.connection.drop_database(name)
