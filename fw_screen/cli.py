@@ -105,6 +105,8 @@ def cmd_db(args) -> int:
         print(f"SecantusDB {word}: pid {info['pid']}, {info['host']}:{info['port']}, data {info['data']}"
               + (", authentication on (credentials in the LaunchPad file only)" if info.get("auth") else ""))
         print(f"LaunchPad file: {info['launchpad']}  (lpad -l / rlaunch -l)")
+        if info.get("warning"):
+            print(f"warning: {info['warning']}", file=sys.stderr)
     elif args.action == "stop":
         info = server.stop(args.home)
         print(f"stopped pid {info['pid']}" if info["stopped"] else info["message"])

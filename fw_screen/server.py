@@ -293,7 +293,12 @@ def start(state: str | Path | None = None, port: int = DEFAULT_PORT, host: str =
             creds = credentials(state)
             if ping(current["host"], current["port"], credentials=creds):
                 write_launchpad_files(state, current["host"], current["port"], current.get("name", name), creds)
-                return {**current, "already_running": True, "launchpad": str(state / "launchpad.yaml")}
+                out = {**current, "already_running": True, "launchpad": str(state / "launchpad.yaml")}
+                if "fw_screen.secantusd" not in " ".join(current.get("command") or []):
+                    out["warning"] = ("this server was started by an older fw-screen (plain secantusd-py, whose "
+                                      "findAndModify can hand two launchers one Launch id): `fw-screen db stop` "
+                                      "and start it again")
+                return out
             raise ServerError(f"server pid {current['pid']} is alive but not answering on port {current['port']}; "
                               f"see {state / 'secantusd.log'} or run `fw-screen db stop`")
     if port_in_use(host, port):

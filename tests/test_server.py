@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -27,7 +28,13 @@ def test_start_status_stop_restart_keeps_data(tmp_path):
         assert info["already_running"] is False
         assert server.status(home)["answering"] is True
         # a second start finds the running server instead of starting another
-        assert server.start(home, port=port)["already_running"] is True
+        again = server.start(home, port=port)
+        assert again["already_running"] is True and "warning" not in again
+        # one an older fw-screen started (plain secantusd-py, non-atomic findAndModify) is named as such
+        state = json.loads((home / "server.json").read_text())
+        (home / "server.json").write_text(json.dumps({**state, "command": ["/x/bin/secantusd-py", "--port", "1"]}))
+        assert "db stop" in server.start(home, port=port)["warning"]
+        (home / "server.json").write_text(json.dumps(state))
         client = pymongo.MongoClient("127.0.0.1", port, retryWrites=False)
         client.fw_screen.things.insert_one({"_id": "kept", "x": 1})
         client.close()
