@@ -35,13 +35,21 @@ def _atomic(impl):
     return find_and_modify
 
 
-def patch() -> None:
-    """Make ``findAndModify`` atomic in this process's SecantusDB (idempotent)."""
-    from secantus import commands
+def patch() -> bool:
+    """Make ``findAndModify`` atomic in this process's SecantusDB (idempotent).  False, with a warning on
+    stderr, when this SecantusDB is not laid out as 0.7 is (the server then runs as ``secantusd-py`` would;
+    tests/test_server.py says whether its findAndModify is atomic)."""
+    from secantus import commands, storage
 
-    if not getattr(commands._find_and_modify_impl, "fw_screen_atomic", False):
+    impl = getattr(commands, "_find_and_modify_impl", None)
+    if impl is None or not hasattr(getattr(storage, "Storage", object), "_coll_lock"):
+        print("fw_screen.secantusd: this SecantusDB has no _find_and_modify_impl / Storage._coll_lock; "
+              "findAndModify left as it is", file=sys.stderr)
+        return False
+    if not getattr(impl, "fw_screen_atomic", False):
         # ``_find_and_modify`` (the dispatch table's entry) looks the implementation up at call time
-        commands._find_and_modify_impl = _atomic(commands._find_and_modify_impl)
+        commands._find_and_modify_impl = _atomic(impl)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
