@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -399,8 +398,9 @@ def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, slee
     (``worker<i>.<k>``); rapidfire exits 0 when no work is left, so a restart costs nothing when the work is
     done.  What a dead launcher leaves behind would keep the others waiting forever (a RUNNING or RESERVED
     Firework whose children wait), so it is put back as soon as the database answers:
-    :func:`fw_screen.workflows.recover_launcher` for the Launches in its folder, and Fireworks it left
-    RESERVED without any Launch once they have stayed so, unchanged, for ``checkout_grace_s``."""
+    :func:`fw_screen.workflows.recover_launcher` for the Launches in its folder, and workflow locks, Fireworks
+    RESERVED without any Launch, RUNNING Fireworks whose Launch ended once they have stayed so, unchanged,
+    for ``checkout_grace_s`` (:class:`_DeadLauncherCleanup`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     rlaunch = Path(sys.executable).parent / "rlaunch"
     cmd = [str(rlaunch if rlaunch.exists() else "rlaunch"), "-s", "-l", lp_file, "-w", fworker, "rapidfire",
@@ -457,6 +457,10 @@ def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, slee
     return codes
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 class _DeadLauncherCleanup:
     """What ``launch_workers`` does, between polls of its launchers, about what a launcher that died or lost
     its connection at the wrong moment leaves behind (each would keep the other launchers waiting forever):
@@ -504,7 +508,6 @@ class _DeadLauncherCleanup:
         if not force and time.monotonic() < self.next_t:
             return
         self.next_t = time.monotonic() + self.every_s
-        say = functools.partial(print, file=sys.stderr, flush=True)
         try:
             self.lp = self.lp or _launchpad(self.lp_file)
             for folder in list(self.pending):
@@ -513,7 +516,7 @@ class _DeadLauncherCleanup:
                     continue  # a workflow of its Fireworks is locked: next look
                 back = r["lost_fireworks"] + r["fizzled_rerun"] + r["checkouts_released"]
                 if back:
-                    say(f"{folder}: lost runs {r['lost_fireworks']}, Fireworks fizzled by the database "
+                    _say(f"{folder}: lost runs {r['lost_fireworks']}, Fireworks fizzled by the database "
                         f"{r['fizzled_rerun']}, interrupted checkouts {r['checkouts_released']}: put back (READY)")
                 self.put_back += len(back)
                 self.pending.remove(folder)
@@ -521,12 +524,12 @@ class _DeadLauncherCleanup:
             stale = self._stale("locks", locked_workflow_stamps(self.lp), now)
             if stale:
                 unlock_workflows(self.lp, stale)
-                say(f"workflow locks held for {self.grace_s:.0f} s (their holder died) removed: workflows {stale}")
+                _say(f"workflow locks held for {self.grace_s:.0f} s (their holder died) removed: workflows {stale}")
             stale = self._stale("reserved", reserved_without_reservation(self.lp), now)
             if stale and not locked_workflows(self.lp, stale):
                 released = release_checkouts(self.lp, stale)
                 self.put_back += len(released)
-                say(f"Fireworks {released} RESERVED without a Launch for {self.grace_s:.0f} s (a launcher died "
+                _say(f"Fireworks {released} RESERVED without a Launch for {self.grace_s:.0f} s (a launcher died "
                     f"inside FireWorks' checkout): put back (READY)")
             if now >= self.next_inconsistent or force:  # an aggregation over every ended Launch: once a minute
                 self.next_inconsistent = now + 60.0
@@ -534,10 +537,10 @@ class _DeadLauncherCleanup:
             else:
                 stale = []
             if stale and not locked_workflows(self.lp, stale):
-                say(f"RUNNING Fireworks whose Launch ended {self.grace_s:.0f} s ago: workflows refreshed "
+                _say(f"RUNNING Fireworks whose Launch ended {self.grace_s:.0f} s ago: workflows refreshed "
                     f"({refresh_fireworks(self.lp, stale)})")
         except PyMongoError as exc:  # the database is away (restart, network): the next look tries again
-            say(f"clean-up after launchers postponed: {type(exc).__name__}: {str(exc)[:200]}")
+            _say(f"clean-up after launchers postponed: {type(exc).__name__}: {str(exc)[:200]}")
 
     def settle(self, folders: list[Path], give_up_s: float = 900.0) -> bool:
         """All launchers have exited: clean up after every one of them (``folders``) and wait for the states
@@ -551,8 +554,7 @@ class _DeadLauncherCleanup:
             time.sleep(max(0.0, self.next_t - time.monotonic()))
             self.tick()
         if self.pending or self.watching:
-            say = functools.partial(print, file=sys.stderr, flush=True)
-            say(f"gave up cleaning up after exited launchers: folders {[str(f) for f in self.pending]}, "
+            _say(f"gave up cleaning up after exited launchers: folders {[str(f) for f in self.pending]}, "
                 f"{ {k: sorted(v) for k, v in self.watch.items() if v} }; run `fw-screen recover` "
                 f"(and `lpad admin unlock` for a workflow lock nobody holds)")
             self.pending = []
@@ -716,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--checkout-grace", type=float, default=None, metavar="SECS",
                     help="a Firework RESERVED this long without a Launch of its own was left by a launcher that died "
                          "inside FireWorks' checkout (default 300)")
-    rc.add_argument("--lock-wait", type=float, default=30.0, metavar="SECS",
+    rc.add_argument("--lock-wait", type=float, default=None, metavar="SECS",
                     help="a workflow locked and unchanged for this long (watched when any is locked) has a "
                          "lock nobody holds: removed (default 30)")
     rc.add_argument("--rerun-fizzled", action="store_true",
@@ -737,14 +739,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_recover(args) -> int:
-    from fw_screen.workflows import CHECKOUT_GRACE_S, format_recovery, recover
+    from fw_screen.workflows import CHECKOUT_GRACE_S, LOCK_WAIT_S, format_recovery, recover
 
     lp_file = resolve_launchpad(args.launchpad, args.home)
     lp = _launchpad(lp_file)
-    grace = CHECKOUT_GRACE_S if args.checkout_grace is None else args.checkout_grace
     result = recover(lp, _store(lp_file), args.campaign, expiration_secs=args.expiration_secs,
-                     dry_run=args.dry_run, rerun_fizzled=args.rerun_fizzled, checkout_grace_s=grace,
-                     lock_wait_s=args.lock_wait)
+                     dry_run=args.dry_run, rerun_fizzled=args.rerun_fizzled,
+                     checkout_grace_s=CHECKOUT_GRACE_S if args.checkout_grace is None else args.checkout_grace,
+                     lock_wait_s=LOCK_WAIT_S if args.lock_wait is None else args.lock_wait)
     print(json.dumps(result, indent=1, default=str) if args.json else format_recovery(result))
     return 0
 

@@ -751,9 +751,14 @@ def fizzled_fireworks(launchpad, campaign: str | None = None) -> list[dict]:
     for fw in launchpad.fireworks.find(match, {"fw_id": 1, "name": 1, "launches": 1}):
         launch = launchpad.launches.find_one({"launch_id": {"$in": fw.get("launches") or []}},
                                              {"action.stored_data._exception": 1}, sort=[("launch_id", -1)])
-        exc = (((launch or {}).get("action") or {}).get("stored_data") or {}).get("_exception") or {}
-        out.append({"fw_id": fw["fw_id"], "name": fw.get("name"), "error": exc.get("_stacktrace") or ""})
+        out.append({"fw_id": fw["fw_id"], "name": fw.get("name"), "error": _launch_error(launch)})
     return out
+
+
+def _launch_error(launch: dict | None) -> str:
+    """The stack trace a Launch document recorded (its task's exception), or ""."""
+    exc = (((launch or {}).get("action") or {}).get("stored_data") or {}).get("_exception") or {}
+    return exc.get("_stacktrace") or ""
 
 
 def reserved_without_reservation(launchpad, campaign: str | None = None) -> dict[int, object]:
@@ -782,23 +787,21 @@ def unlinked_running_launches(launchpad, fw_id: int) -> list[int]:
 
 def launches_under(launchpad, host: str, launch_root: str, states: Iterable[str]) -> list[dict]:
     """Launches in ``states`` started on ``host`` in a folder under ``launch_root`` (one launcher's):
-    [{launch_id, fw_id, state, linked, last, fw_state, error}]: ``linked`` whether the Firework lists the
-    Launch, ``last`` whether it is the Firework's latest, ``error`` the exception the Launch recorded."""
+    [{launch_id, fw_id, state, linked, last, error}]: ``linked`` whether the Firework lists the Launch,
+    ``last`` whether it is the Firework's latest, ``error`` the exception the Launch recorded."""
     root = str(launch_root).rstrip("/") + "/"
     launches = [d for d in launchpad.launches.find(
         {"state": {"$in": list(states)}, "host": host},
         {"launch_id": 1, "fw_id": 1, "state": 1, "launch_dir": 1, "action.stored_data._exception._stacktrace": 1})
         if str(d.get("launch_dir", "")).startswith(root)]
-    fws = {fw["fw_id"]: fw for fw in launchpad.fireworks.find(
-        {"fw_id": {"$in": [d["fw_id"] for d in launches]}}, {"fw_id": 1, "launches": 1, "state": 1})} if launches else {}
+    listed = {fw["fw_id"]: fw.get("launches") or [] for fw in launchpad.fireworks.find(
+        {"fw_id": {"$in": [d["fw_id"] for d in launches]}}, {"fw_id": 1, "launches": 1})} if launches else {}
     out = []
     for d in launches:
-        fw = fws.get(d["fw_id"], {})
-        listed = fw.get("launches") or []
-        exc = (((d.get("action") or {}).get("stored_data") or {}).get("_exception") or {}).get("_stacktrace") or ""
+        mine = listed.get(d["fw_id"], [])
         out.append({"launch_id": d["launch_id"], "fw_id": d["fw_id"], "state": d["state"],
-                    "linked": d["launch_id"] in listed, "last": bool(listed) and listed[-1] == d["launch_id"],
-                    "fw_state": fw.get("state"), "error": exc})
+                    "linked": d["launch_id"] in mine, "last": bool(mine) and mine[-1] == d["launch_id"],
+                    "error": _launch_error(d)})
     return out
 
 

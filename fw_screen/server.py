@@ -226,12 +226,15 @@ def status(state: str | Path | None = None) -> dict:
             "launchpad": str(state / "launchpad.yaml")}
 
 
-def _launch(state: Path, host: str, port: int, auth: bool, timeout: float, creds: dict | None):
-    """Start secantusd-py and wait until it answers (with ``creds`` when given); returns (process, command)."""
+def _launch(state: Path, host: str, port: int, auth: bool, timeout: float, creds: dict | None,
+            extra: tuple[str, ...] = ()):
+    """Start secantusd-py (with ``extra`` options) and wait until it answers (with ``creds`` when given);
+    returns (process, command)."""
     data = state / "db"
     data.mkdir(exist_ok=True)
     log = open(state / "secantusd.log", "ab")
-    cmd = [*_command(), "--host", host, "--port", str(port), "--storage-path", str(data), "--log-level", "WARNING"]
+    cmd = [*_command(), "--host", host, "--port", str(port), "--storage-path", str(data), "--log-level", "WARNING",
+           *extra]
     if auth:
         cmd.append("--auth")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -178,6 +178,13 @@ DATABASE_ERRORS = ("pymongo.errors", "ServerSelectionTimeoutError", "AutoReconne
 #: a Firework RESERVED this long without a Launch of its own was left by a checkout that died (FireWorks'
 #: checkout is a few writes milliseconds apart; a server blocked by a long query can stretch it to a minute)
 CHECKOUT_GRACE_S = 300.0
+#: how long ``recover`` watches a locked workflow (only when one is locked) before calling the lock stale
+LOCK_WAIT_S = 30.0
+
+
+def died_of_database(error: str) -> bool:
+    """Whether a Launch's recorded exception is a database error (the server went away mid-run)."""
+    return any(e in error for e in DATABASE_ERRORS)
 
 
 def _age_s(stamp, now) -> float:
@@ -253,11 +260,11 @@ def recover_launcher(launchpad, launch_root: str | Path, host: str | None = None
 
     launches = launches_under(launchpad, host or socket.gethostname(), str(Path(launch_root).resolve()),
                               ["RUNNING", "FIZZLED"])
-    locked = locked_workflows(launchpad, {d["fw_id"] for d in launches})
+    fw_ids = {d["fw_id"] for d in launches}
+    locked = locked_workflows(launchpad, fw_ids)
     if locked:  # the dead launcher may have died holding it: FireWorks would wait WFLOCK_EXPIRATION_SECS, then fail
         return {"lost_fireworks": [], "fizzled_rerun": [], "checkouts_released": [],
-                "postponed": sorted(fw for nodes in locked.values() for fw in nodes
-                                    if fw in {d["fw_id"] for d in launches})}
+                "postponed": sorted(fw_ids & {fw for nodes in locked.values() for fw in nodes})}
     running = [d for d in launches if d["state"] == "RUNNING"]
     linked = [d["launch_id"] for d in running if d["linked"]]
     lost_fws: list = []
@@ -266,7 +273,7 @@ def recover_launcher(launchpad, launch_root: str | Path, host: str | None = None
                                                    launch_query={"launch_id": {"$in": linked}})
     casualties = {d["fw_id"] for d in running if d["linked"] and d["fw_id"] not in lost_fws}
     casualties |= {d["fw_id"] for d in launches if d["state"] == "FIZZLED" and d["last"]
-                   and any(e in d["error"] for e in DATABASE_ERRORS)}
+                   and died_of_database(d["error"])}
     rerun = []
     for fw_id in sorted(casualties):
         if firework_state(launchpad, fw_id) == "FIZZLED":
@@ -277,7 +284,7 @@ def recover_launcher(launchpad, launch_root: str | Path, host: str | None = None
             "postponed": []}
 
 
-def stale_workflow_locks(launchpad, campaign: str | None = None, wait_s: float = 30.0) -> list:
+def stale_workflow_locks(launchpad, campaign: str | None = None, wait_s: float = LOCK_WAIT_S) -> list:
     """Workflows locked (FireWorks' ``WFLock``) by no live process: locked, and not rewritten, both now and
     ``wait_s`` later (an operation under the lock takes milliseconds and rewrites the workflow); waits only
     when something is locked."""
@@ -295,7 +302,7 @@ def stale_workflow_locks(launchpad, campaign: str | None = None, wait_s: float =
 
 def recover(launchpad, store, campaign: str | None = None, expiration_secs: float | None = None,
             dry_run: bool = False, rerun_fizzled: bool = False, checkout_grace_s: float = CHECKOUT_GRACE_S,
-            lock_wait_s: float = 30.0) -> dict:
+            lock_wait_s: float = LOCK_WAIT_S) -> dict:
     """``fw-screen recover``: put the work of dead launchers back on the LaunchPad.
 
     * RUNNING Fireworks whose launcher stopped pinging for ``expiration_secs`` (default FireWorks'
@@ -320,10 +327,8 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
 
     from fireworks.fw_config import RUN_EXPIRATION_SECS
 
-    from fw_screen.db import fizzled_fireworks, live_fireworks_for_claim
+    from fw_screen.db import fizzled_fireworks, live_fireworks_for_claim, unlock_workflows
     from fw_screen.server import _pid_alive
-
-    from fw_screen.db import unlock_workflows
 
     expiration_secs = RUN_EXPIRATION_SECS if expiration_secs is None else expiration_secs
     query = {"spec.campaign": campaign} if campaign else None
@@ -342,7 +347,7 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
     out["checkouts_released"] = stuck if dry_run else release_checkouts(launchpad, stuck)
     for fw in fizzled_fireworks(launchpad, campaign):
         # no exception recorded: the launch was fizzled for its launcher (lost run), not by the task
-        if rerun_fizzled or not fw["error"] or any(e in fw["error"] for e in DATABASE_ERRORS):
+        if rerun_fizzled or not fw["error"] or died_of_database(fw["error"]):
             if not dry_run:
                 launchpad.rerun_fw(fw["fw_id"])
             out["fizzled_rerun"].append(fw["fw_id"])

@@ -13,6 +13,7 @@ tests/test_bad_inputs.py.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -412,17 +413,47 @@ def failpoint_server(tmp_path_factory):
     """The embedded server as fw-screen runs it (:func:`fw_screen.server._command`), with mongod's test
     commands on, so a test can drop a client's connection at its k-th ``findAndModify``
     (``configureFailPoint failCommand`` with ``closeConnection``, scoped to one ``appName``)."""
-    folder, port = tmp_path_factory.mktemp("failpoint-db"), free_port()
-    with open(folder / "secantusd.log", "ab") as log:
-        proc = subprocess.Popen([*server._command(), "--host", "127.0.0.1", "--port", str(port), "--storage-path",
-                                 str(folder), "--enable-test-commands", "--log-level", "WARNING"],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    port = free_port()
+    proc, _ = server._launch(tmp_path_factory.mktemp("failpoint-db"), "127.0.0.1", port, False, 60.0, None,
+                             extra=("--enable-test-commands",))
     try:
-        _wait_for(lambda: server.ping("127.0.0.1", port), 60, "the server with test commands")
         yield port
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        server._terminate(proc)
+
+
+def _failpoint_campaign(port: int, name: str, generations: Path, tmp_path: Path):
+    """A LaunchPad database ``name`` on the failpoint server with the 20 generations submitted; its file gives
+    the launchers ``appname`` = ``name`` (what the failpoint is scoped to).  Returns (file, LaunchPad, store,
+    workflow)."""
+    import yaml
+    from fireworks import LaunchPad
+
+    from fw_screen.db import ResultsStore, prepare_launchpad
+
+    lp_file = tmp_path / "launchpad.yaml"
+    lp_file.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "name": name, "strm_lvl": "WARNING",
+                                       "mongoclient_kwargs": {"retryWrites": False, "appname": name}}))
+    lp = LaunchPad(host="127.0.0.1", port=port, name=name, mongoclient_kwargs={"retryWrites": False})
+    prepare_launchpad(lp)
+    store = ResultsStore.from_launchpad(lp)
+    _, wf = submit(lp, store, generations, load_spec(campaign="fp", batch_size=10, dedup_shards=1))
+    return lp_file, lp, store, wf
+
+
+@contextlib.contextmanager
+def _connection_dropped_at(port: int, k: int, app: str):
+    """While inside: the server closes the connection of client ``app`` at its k-th findAndModify (once)."""
+    import pymongo
+
+    admin = pymongo.MongoClient("127.0.0.1", port, retryWrites=False).admin
+    admin.command({"configureFailPoint": "failCommand", "mode": {"skip": k, "times": 1},
+                   "data": {"failCommands": ["findAndModify"], "closeConnection": True, "appName": app}})
+    try:
+        yield
+    finally:
+        admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+        admin.client.close()
 
 
 @pytest.fixture(scope="module")
@@ -453,29 +484,11 @@ def test_connection_dropped_inside_fireworks_bookkeeping(failpoint_server, gen20
     by itself (a Firework RESERVED for good, a Launch its Firework does not list, a workflow locked by a
     dead process).  ``launch_workers`` (``fw-screen run``) puts it all back and the campaign finishes with
     every candidate decided exactly once, without ``fw-screen recover``."""
-    import pymongo
-    import yaml
-    from fireworks import LaunchPad
-
-    from fw_screen.db import ResultsStore, prepare_launchpad
-
-    port, app = failpoint_server, f"fault{k}"
-    lp_file = tmp_path / "launchpad.yaml"
-    lp_file.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "name": f"fp{k}", "strm_lvl": "WARNING",
-                                       "mongoclient_kwargs": {"retryWrites": False, "appname": app}}))
-    lp = LaunchPad(host="127.0.0.1", port=port, name=f"fp{k}", mongoclient_kwargs={"retryWrites": False})
-    prepare_launchpad(lp)
-    store = ResultsStore.from_launchpad(lp)
-    _, wf = submit(lp, store, gen20, load_spec(campaign="fp", batch_size=10, dedup_shards=1))
-    admin = pymongo.MongoClient("127.0.0.1", port, retryWrites=False).admin
-    admin.command({"configureFailPoint": "failCommand", "mode": {"skip": k, "times": 1},
-                   "data": {"failCommands": ["findAndModify"], "closeConnection": True, "appName": app}})
-    try:
+    port, name = failpoint_server, f"fp{k}"
+    lp_file, lp, store, wf = _failpoint_campaign(port, name, gen20, tmp_path)
+    with _connection_dropped_at(port, k, name):
         codes = launch_workers(str(lp_file), fworker_file(tmp_path, lp_file, ["cheap"]), 1, tmp_path / "w",
                                sleep=1, checkout_grace_s=10)
-    finally:
-        admin.command({"configureFailPoint": "failCommand", "mode": "off"})
-        admin.client.close()
     assert codes == [0]
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "w").glob("*/rlaunch.log"))
     errors = "".join(str(d) for d in lp.launches.find({"state": "FIZZLED"}, {"action": 1}))
@@ -485,7 +498,7 @@ def test_connection_dropped_inside_fireworks_bookkeeping(failpoint_server, gen20
     assert lp.workflows.count_documents({"locked": True}) == 0
     assert lp.launches.count_documents({"state": {"$in": ["RUNNING", "RESERVED"]}}) == 0
     _decided_once(store, "fp", 20)
-    lp.connection.drop_database(f"fp{k}")
+    lp.connection.drop_database(name)
 
 
 @pytest.mark.parametrize("k", [3, 6])
@@ -496,29 +509,11 @@ def test_recover_puts_back_what_a_plain_rlaunch_left(failpoint_server, gen20, k,
     FireWorks command repairs either.  ``fw-screen recover`` removes the lock (locked and unchanged while it
     watches, ``--lock-wait``), puts the RESERVED Firework back (no Launch of its own, older than
     ``--checkout-grace``; the orphan Launch is fizzled) and reruns the lost run; a dry run changes nothing."""
-    import pymongo
-    import yaml
-    from fireworks import LaunchPad
-
-    from fw_screen.db import ResultsStore, prepare_launchpad
-
     port, name = failpoint_server, f"fprec{k}"
-    lp_file = tmp_path / "launchpad.yaml"
-    lp_file.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "name": name, "strm_lvl": "WARNING",
-                                       "mongoclient_kwargs": {"retryWrites": False, "appname": name}}))
-    lp = LaunchPad(host="127.0.0.1", port=port, name=name, mongoclient_kwargs={"retryWrites": False})
-    prepare_launchpad(lp)
-    store = ResultsStore.from_launchpad(lp)
-    submit(lp, store, gen20, load_spec(campaign="fp", batch_size=10, dedup_shards=1))
-    admin = pymongo.MongoClient("127.0.0.1", port, retryWrites=False).admin
-    admin.command({"configureFailPoint": "failCommand", "mode": {"skip": k, "times": 1},
-                   "data": {"failCommands": ["findAndModify"], "closeConnection": True, "appName": name}})
-    try:
+    lp_file, lp, store, _ = _failpoint_campaign(port, name, gen20, tmp_path)
+    with _connection_dropped_at(port, k, name):
         proc = _rlaunch(str(lp_file), fworker_file(tmp_path, lp_file, ["cheap"]), tmp_path / "w")
         assert proc.wait(timeout=120) != 0  # the launcher died with its connection
-    finally:
-        admin.command({"configureFailPoint": "failCommand", "mode": "off"})
-        admin.client.close()
 
     def line(out: str, start: str) -> str:
         return next(x for x in out.splitlines() if x.startswith(start))
