@@ -118,7 +118,11 @@ def _reference_items(store: ResultsStore, formulas: set[str]) -> dict[str, list[
             reduced = Structure.from_dict(ref["structure_reduced"])
             key = ref["match_key"]
         else:
-            reduced = uq.reduce_structure(Structure.from_dict(ref["structure"]))
+            try:  # a release's structure is stored as it came: the first use decodes it
+                reduced = uq.reduce_structure(Structure.from_dict(ref["structure"]))
+            except Exception as exc:
+                log.warning("reference %s: unreadable structure, not used for novelty (%s)", ref["_id"], exc)
+                continue
             key = uq.match_key(reduced)
             to_cache.append((ref["_id"], {"structure_reduced": reduced.as_dict(), "match_key": key}))
         by_key[key].append(uq.Item(ref["_id"], reduced))
@@ -182,44 +186,19 @@ def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------- ML stability
-_HULLS: dict = {}  # chemsys -> PhaseDiagram: one build per chemical system per worker process
-
-
-def _phase_diagram(store: ResultsStore, elements: list[str]):
-    """(PhaseDiagram or None, missing elements) for a chemical system, built once per process."""
-    from pymatgen.entries.computed_entries import ComputedEntry
-
-    from fw_screen import stability
-
-    chemsys = "-".join(sorted(elements))
-    if chemsys not in _HULLS:
-        docs = store.entries_in_chemsys(elements)
-        entries = [ComputedEntry.from_dict(d["entry"]) for d in docs]
-        missing = stability.missing_references(elements, entries)
-        if not missing and len(elements) > 1 and not store.covering_systems(elements):
-            # elemental references alone would give a hull without the compounds that decide it (a single
-            # element's hull is its lowest-energy entry: the elemental references are complete for it)
-            missing = [f"a complete reference system containing {chemsys} (loaded: "
-                       f"{', '.join(store.system_names()) or 'none'})"]
-        if missing:  # not cached: references loaded later, while this worker lives, are picked up
-            return None, missing
-        _HULLS[chemsys] = stability.phase_diagram(entries)
-    return _HULLS[chemsys], []
-
-
 def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, dict]:
     """(new status, stored fields) of the ML stage for one novel candidate (never raises)."""
-    from fw_screen import potentials, property as prop, stability
+    from fw_screen import hulls, potentials, property as prop, stability
 
     ml, pcfg = spec["ml"], spec["property"]
     structure = Structure.from_dict(doc["structure_reduced"])
     elements = sorted({el.symbol for el in structure.composition.elements})
     out: dict = {"potential": ml["potential"]}
-    pd, missing = _phase_diagram(store, elements)
+    pd, missing = hulls.reference_hull(store, elements)
     band_gap = None
     gap_model = pcfg["band_gap_model"], pcfg["band_gap_fidelity"]  # loaded once per process (cached)
     if missing:
-        out["reason"] = f"no reference for {', '.join(missing)} (chemical system {'-'.join(elements)})"
+        out["reason"] = f"no reference hull for {'-'.join(elements)}: {'; '.join(missing)}"
         out["missing_references"] = missing
         try:  # the band gap needs no reference: predicted on the unrelaxed cell, said so
             band_gap = prop.predict_band_gap(structure, prop.load_band_gap_model(*gap_model))
@@ -283,16 +262,25 @@ def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: di
     import uuid
 
     prefix = f"m{uuid.uuid4().hex[:10]}"
+    from fw_screen import hulls
+
     elements = {d["_id"]: d.get("elements") or [] for d in store.candidates_for(
         {"_id": {"$in": ids}}, {"elements": 1}, sort=None)}
-    systems = store.system_names()
-    unary = store.unary_systems()
-    relax = [i for i in ids if refs.systems_containing(elements.get(i, []), systems)
-             or (len(elements.get(i, [])) == 1 and elements[i][0] in unary)]
+    relax = hulls.relaxable(store, {i: elements.get(i, []) for i in ids})
     chosen = set(relax)
     cheap = [i for i in ids if i not in chosen]
     return (store.assign_ml_batches(campaign, relax, spec["ml"]["batch_size"], prefix=f"{prefix}r")
             + store.assign_ml_batches(campaign, cheap, spec["batch_size"], prefix=f"{prefix}n"))
+
+
+def requeue_covered(store: ResultsStore, campaign: str) -> int:
+    """``no_reference`` candidates whose chemical system the loaded reference sets now cover go back to
+    ``novel`` (to be relaxed); returns how many."""
+    from fw_screen import hulls
+
+    waiting = store.no_reference_elements(campaign)
+    covered = hulls.relaxable(store, waiting) if waiting else []
+    return store.requeue_for_ml(covered) if covered else 0
 
 
 def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:
@@ -316,30 +304,112 @@ def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:
             counts[new] += 1
             store.transition([(doc["_id"], st.NOVEL, new, fields)], "ml")  # one by one: results land as they come
     counts["seconds"] = round(time.perf_counter() - t0, 3)
-    counts["hulls_built_in_process"] = len(_HULLS)
+    from fw_screen import hulls
+
+    counts["hulls_built_in_process"] = hulls.STATS["built"]
     return counts
 
 
 # --------------------------------------------------------------------------------------- references
-def read_references(source: str | Path, set_name: str | None = None) -> dict:
-    """Reference structures (novelty) and energy entries (hulls) from a file/folder, or from the Materials
-    Project for ``mp:CHEMSYS``: {"structures": [...], "entries": [...], "skipped": n}."""
+def read_references(source: str | Path, covers: str | None = None, trust_pickle: bool = False) -> refs.Source:
+    """Open a reference source (file, folder, or ``mp:CHEMSYS`` for the Materials Project); its items are
+    read when it is loaded.  Raises :class:`~fw_screen.references.ReferenceSourceError` for what cannot be
+    read at all (missing, unknown format, a pickle without ``trust_pickle``, truncated JSON)."""
     source = str(source)
     if source.startswith("mp:"):
-        return refs.from_mp_api(source[3:], set_name or "mp")
-    return refs.load(source, set_name)
+        return refs.from_mp_api(source[3:])
+    return refs.open_source(source, trust_pickle=trust_pickle)
 
 
 def load_references(store: ResultsStore, source: str | Path, set_name: str | None = None,
-                    found: dict | None = None) -> dict:
-    """Load reference structures and entries into the store (``found``: already read by read_references)."""
-    found = found if found is not None else read_references(source, set_name)
-    result = store.add_references(found["structures"])
-    entries = store.add_entries(found["entries"])
-    store.add_systems(found.get("systems", []), str(source))
+                    found: refs.Source | None = None, covers: str | None = None, energy_scale: str | None = None,
+                    trust_pickle: bool = False, chunk: int = 2000, progress=None) -> dict:
+    """Load one reference source into the store as one reference set, all or nothing.
+
+    The set is registered as ``loading`` and its documents are written in chunks while the source streams
+    past; they are invisible to every stage until the set turns ``active`` at the end.  Any error (an
+    unreadable entry, mixed correction schemes, a coverage that must be declared) removes what was written,
+    so the database is as it was.  Loading the same file again under the same name adds nothing; another
+    file under a taken name is refused.
+    """
+    import uuid
+    import warnings
+
+    from pymongo.errors import DuplicateKeyError
+
+    source_name = str(source)
+    name = set_name or ("mp-" + source_name[3:] if source_name.startswith("mp:") else refs.default_set_name(source))
+    store.migrate_legacy_references()
     store.ensure_indexes()
-    return {**result, "entries_new": entries["new"], "entries_existing": entries["existing"],
-            "skipped_without_structure": found["skipped"], "source": str(source)}
+    t0 = time.perf_counter()
+    existing = store.reference_set(name)
+    if existing and existing.get("state") == "loading":  # a load that died half-way: start again
+        log.warning("reference set %s: removing an interrupted load", name)
+        store.remove_reference_set(name)
+        existing = None
+    if existing:
+        sha = refs.file_sha256(Path(source_name)) if Path(source_name).is_file() else None
+        if sha is not None and existing.get("sha256") == sha or existing.get("source") == source_name and sha is None:
+            return {"set": name, "new": 0, "existing": existing.get("n_structures", 0), "entries_new": 0,
+                    "entries_existing": existing.get("n_entries", 0), "skipped_without_structure": 0,
+                    "source": source_name, "covers": existing["covers"], "energy_scale": existing["energy_scale"],
+                    "unchanged": True, "seconds": round(time.perf_counter() - t0, 3)}
+        raise refs.ReferenceSourceError(
+            f"reference set {name!r} is already loaded from {existing.get('source')} (a different file): give this "
+            f"one another name (--set), or remove the old one first (fw-screen references --remove {name})")
+    found = found if found is not None else read_references(source, covers, trust_pickle)
+    version = uuid.uuid4().hex[:12]
+    try:
+        store.begin_reference_set({"_id": name, "version": version, "source": source_name, "format": found.format,
+                                   "sha256": found.sha256})
+    except DuplicateKeyError:
+        raise refs.ReferenceSourceError(f"reference set {name!r} is being loaded by another process") from None
+    summary = refs.SetSummary()
+    counts = {"structures": 0, "entries": 0}
+    try:
+        structures, entries = [], []
+
+        def flush():
+            new = store.insert_reference_docs(structures, entries)
+            counts["structures"] += new["structures"]
+            counts["entries"] += new["entries"]
+            structures.clear()
+            entries.clear()
+            if progress:
+                progress(summary.entries + summary.structures)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for item in found.items:
+                summary.add(item)
+                if item.has_structure:
+                    structures.append({**refs.item_reference_document(item, name), "version": version})
+                if item.entry is not None and covers != refs.STRUCTURES_ONLY:
+                    entries.append({**refs.entry_document(item.entry, name, raw=item.raw), "version": version})
+                if len(structures) + len(entries) >= chunk:
+                    flush()
+        flush()
+        kind, systems = refs.decide_coverage(summary, found, covers)
+        scale = refs.decide_energy_scale(summary, found, energy_scale)
+        if kind == refs.STRUCTURES_ONLY and counts["entries"]:
+            store.entries.delete_many({"set": name})
+            counts["entries"] = 0
+        fields = {"covers": kind, "systems": systems, "energy_scale": scale if kind != refs.STRUCTURES_ONLY else None,
+                  "elements": sorted(summary.elements), "unary": sorted(summary.unary),
+                  "n_entries": counts["entries"], "n_structures": counts["structures"],
+                  "n_chemsys": len(summary.chemsys), "skipped": summary.skipped,
+                  "schemes": dict(summary.schemes), "notes": found.notes,
+                  "load_seconds": round(time.perf_counter() - t0, 1)}
+        store.activate_reference_set(name, fields)
+    except BaseException:
+        store.remove_reference_set(name)
+        raise
+    log.info("reference set %s: %d structures, %d entries (%s, %s) in %.1f s", name, counts["structures"],
+             counts["entries"], kind, scale, time.perf_counter() - t0)
+    return {"set": name, "new": counts["structures"], "existing": 0, "entries_new": counts["entries"],
+            "entries_existing": 0, "skipped_without_structure": summary.no_structure, "skipped": summary.skipped,
+            "source": source_name, "covers": kind, "systems": systems, "energy_scale": fields["energy_scale"],
+            "format": found.format, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ------------------------------------------------------------------------------------------ reports
@@ -434,8 +504,10 @@ def _structure_entries(store: ResultsStore, elements) -> list:
     """Reference entries of a chemical system with their structures (MP ComputedStructureEntries)."""
     from monty.json import MontyDecoder
 
+    from fw_screen.stability import HULL_ENERGY_SCALE
+
     decoder = MontyDecoder()
-    return [decoder.process_decoded(d["entry"]) for d in store.entries_in_chemsys(elements)]
+    return [decoder.process_decoded(d["entry"]) for d in store.entries_in_chemsys(elements, HULL_ENERGY_SCALE)]
 
 
 def dft_reference_phases(store: ResultsStore, structure: Structure, spec: dict) -> list[dict]:

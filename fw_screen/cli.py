@@ -150,15 +150,47 @@ def cmd_workflow(args) -> int:
 def cmd_references(args) -> int:
     from fw_screen.campaign import load_references, read_references
 
-    read = [(source, read_references(source, args.set)) for source in args.sources]  # fail before connecting
+    if not args.sources and not args.list and not args.remove:
+        raise CLIError("give reference files to load, or --list, or --remove NAME")
+    if args.set and len(args.sources) > 1:
+        raise CLIError("--set names one set: give one source with it")
+    # open every source before connecting: a missing file, an unknown format or an untrusted pickle stops here
+    opened = [(source, read_references(source, args.covers, args.trust_pickle)) for source in args.sources]
     store = _store(resolve_launchpad(args.launchpad, args.home))
-    for source, found in read:
-        r = load_references(store, source, args.set, found=found)
-        print(f"{source}: structures {r['new']} new, {r['existing']} already loaded "
-              f"({r['skipped_without_structure']} entries without structure); hull entries {r['entries_new']} new, "
-              f"{r['entries_existing']} already loaded")
-    print(f"in database: {store.reference_count()} reference structures, {store.entry_count()} hull entries")
+    for name in args.remove or []:
+        if store.reference_set(name) is None:
+            raise CLIError(f"no reference set {name!r} (fw-screen references --list)")
+        r = store.remove_reference_set(name)
+        print(f"removed reference set {name}: {r['structures']} structures, {r['entries']} hull entries")
+    for source, found in opened:
+        r = load_references(store, source, args.set, found=found, covers=args.covers,
+                            energy_scale=args.energy_scale, trust_pickle=args.trust_pickle)
+        if r.get("unchanged"):
+            print(f"{source}: already loaded as set {r['set']} ({r['covers']}, {r['energy_scale']}): nothing to do")
+            continue
+        covers = r["covers"] + (f" {', '.join(r['systems'])}" if r.get("systems") and len(r["systems"]) <= 8 else
+                                f" ({len(r['systems'])} systems)" if r.get("systems") else "")
+        print(f"{source}: set {r['set']} ({r['format']}): {r['new']} structures, {r['entries_new']} hull entries "
+              f"on the {r['energy_scale']} scale; covers {covers}; {r['seconds']} s")
+    if args.list or opened:
+        print(format_reference_sets(store.reference_sets()))
     return 0
+
+
+def format_reference_sets(sets: list[dict]) -> str:
+    """One line per reference set: name, what it covers, energy scale, sizes, source."""
+    if not sets:
+        return "no reference sets loaded"
+    rows = [("set", "covers", "energy scale", "entries", "structures", "elements", "format", "source")]
+    for s in sets:
+        covers = s["covers"]
+        if s.get("systems"):
+            covers += f": {', '.join(s['systems'])}" if len(s["systems"]) <= 3 else f": {len(s['systems'])} systems"
+        rows.append((s["_id"], covers, s.get("energy_scale") or "-", str(s.get("n_entries", 0)),
+                     str(s.get("n_structures", 0)), str(len(s.get("elements") or [])), s.get("format") or "-",
+                     str(s.get("source") or "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def format_report(report: dict) -> str:
@@ -628,9 +660,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--db-file", help="LaunchPad file the workers use (default: their FWorker env db_file)")
     w.set_defaults(func=cmd_workflow)
 
-    r = sub.add_parser("references", help="load reference structures for novelty")
-    r.add_argument("sources", nargs="+", help="file/folder (CIF folder, .json[.gz], .csv, .parquet) or mp:CHEMSYS")
+    r = sub.add_parser("references", help="load, list or remove reference sets (novelty structures, hull entries)")
+    r.add_argument("sources", nargs="*", help="pymatgen .json[.gz] of entries, Matbench Discovery MP entries "
+                   ".json.gz or PatchedPhaseDiagram .pkl.gz, Alexandria convex-hull .json.bz2, .csv/.parquet with a "
+                   "CIF column (MP-20, Alex-MP-20, training tables), .cif, a folder of CIFs, or mp:CHEMSYS")
     r.add_argument("--set", help="name of the reference set (default: file name)")
+    r.add_argument("--covers", choices=["whole-database", "per-system", "structures-only"],
+                   help="what the file covers: every chemical system of its elements (a whole MP/Alexandria "
+                        "release), the whole chemical systems it holds, or novelty only (default: what the format "
+                        "declares; plain files of <= 8 elements are one system)")
+    r.add_argument("--energy-scale", choices=["mp2020", "mp-legacy", "alexandria-pbe", "unknown"],
+                   help="the scale of its energies (default: read from its corrections or format); hulls use "
+                        "only sets on the ML stage's scale (mp2020)")
+    r.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a pickle (.pkl[.gz], e.g. Matbench Discovery's PatchedPhaseDiagram): "
+                        "unpickling runs code from the file")
+    r.add_argument("--list", action="store_true", help="show every reference set")
+    r.add_argument("--remove", action="append", metavar="NAME", help="remove a reference set and its documents")
     r.add_argument("-l", "--launchpad")
     r.set_defaults(func=cmd_references)
 
@@ -801,6 +847,13 @@ def cmd_demo(args) -> int:
     top = store.top_candidates(spec["campaign"], 10)
     if top:
         print(f"lowest above the ML hull (eV/atom; band gap eV):\n{format_top(top)}")
+    no_ref = store.count({"campaign": spec["campaign"], "status": st.NO_REFERENCE})
+    if no_ref:
+        print(f"{no_ref} novel candidates have no reference hull (their chemical systems lie outside the loaded "
+              f"reference sets: fw-screen references --list). One whole-database release covers them, e.g. "
+              f"Matbench Discovery's Materials Project entries:\n"
+              f"  fw-screen references 2023-02-07-mp-computed-structure-entries.json.gz && fw-screen ml -c "
+              f"{spec['campaign']}\n  (README, 'Reference sets': where each release is published, its licence)")
     promoted = store.dft_candidates(spec["campaign"])
     if promoted:
         print(f"promoted to DFT (Quantum ESPRESSO; eV/atom, band gap eV):\n{format_dft(promoted)}")

@@ -7,7 +7,8 @@ everything is.  Collections:
 * ``campaigns``: one document per campaign, holding the validated spec it runs with;
 * ``references``: reference structures for novelty, keyed by reduced formula;
 * ``reference_entries``: energy entries (MP2020-corrected scale) for convex hulls, keyed by chemical system;
-* ``reference_systems``: chemical systems whose entries were loaded complete (a hull inside one is trusted);
+* ``reference_sets``: one document per loaded reference set: what it covers (per-system, whole-database,
+  structures-only), its energy scale, sizes, source and state (``loading`` until complete, then ``active``);
 * ``fws_locks``: leases that serialise uniqueness work on one shard of one campaign.
 
 Status changes go through :meth:`ResultsStore.transition`, which only updates documents still in the
@@ -34,7 +35,7 @@ CANDIDATES = "candidates"
 CAMPAIGNS = "campaigns"
 REFERENCES = "references"
 ENTRIES = "reference_entries"
-SYSTEMS = "reference_systems"
+SETS = "reference_sets"
 LOCKS = "fws_locks"
 DFT_REFERENCES = "dft_references"  # consistently computed reference phases, one run each per protocol
 
@@ -56,7 +57,7 @@ class ResultsStore:
         self.campaigns = db[CAMPAIGNS]
         self.references = db[REFERENCES]
         self.entries = db[ENTRIES]
-        self.systems = db[SYSTEMS]
+        self.sets = db[SETS]
         self.locks = db[LOCKS]
         self.dft_references = db[DFT_REFERENCES]
 
@@ -92,6 +93,8 @@ class ResultsStore:
         self.references.create_index("match_key")
         self.references.create_index("set")
         self.entries.create_index("chemsys")
+        self.entries.create_index("set")
+        self.sets.create_index("state")
         c.create_index([("campaign", ASCENDING), ("ml_batch", ASCENDING), ("status", ASCENDING)])
         c.create_index([("dft.hull_status", ASCENDING), ("dft.protocol_id", ASCENDING)])
         self.dft_references.create_index([("protocol_id", ASCENDING), ("key", ASCENDING)])
@@ -297,7 +300,9 @@ class ResultsStore:
                                          {"_id": 1, "status": 1, "ml.stable": 1, "dft.stable": 1}))
 
     def reference_ids(self) -> list[str]:
-        return sorted(d["_id"] for d in self.references.find({}, {"_id": 1}))
+        """Ids of the reference structures of active sets."""
+        active = self._active_set_names()
+        return sorted(d["_id"] for d in self.references.find({}, {"_id": 1, "set": 1}) if d.get("set") in active)
 
     def documents_by_id(self, collection: str, ids: list, fields: list[str], chunk: int = 500) -> dict:
         """``{_id: document}`` with only ``fields``, fetched by ``_id`` in chunks (``candidates`` or
@@ -374,12 +379,52 @@ class ResultsStore:
         return sorted(docs, key=lambda d: (str(d.get("chemsys") or "-".join(sorted(d.get("elements") or []))), d["_id"]))
 
     # ---------------------------------------------------------------------------------- references
+    def reference_sets(self, states: Iterable[str] = ("active",)) -> list[dict]:
+        """The reference set documents (what each set covers, its energy scale, sizes), by name."""
+        return sorted(self.sets.find({"state": {"$in": list(states)}}), key=lambda d: d["_id"])
+
+    def reference_set(self, name: str) -> dict | None:
+        return self.sets.find_one({"_id": name})
+
+    def begin_reference_set(self, doc: dict) -> None:
+        """Register a set being loaded (state ``loading``): its documents stay invisible until
+        :meth:`activate_reference_set`.  Raises DuplicateKeyError if the name is taken."""
+        self.sets.insert_one({**doc, "state": "loading", "started_at": utcnow()})
+
+    def activate_reference_set(self, name: str, fields: dict) -> None:
+        self.sets.update_one({"_id": name, "state": "loading"},
+                             {"$set": {**fields, "state": "active", "loaded_at": utcnow()}})
+
+    def remove_reference_set(self, name: str) -> dict:
+        """Delete a set and every structure and entry it brought (also a load that died half-way)."""
+        structures = self.references.delete_many({"set": name}).deleted_count
+        entries = self.entries.delete_many({"set": name}).deleted_count
+        self.sets.delete_one({"_id": name})
+        return {"structures": structures, "entries": entries}
+
+    def insert_reference_docs(self, structures: list[dict], entries: list[dict]) -> dict:
+        """Insert the structures and entries of a set being loaded; ids repeated within the set (MP lists
+        some materials twice) are kept once.  Returns how many of each were new."""
+        return {"structures": _insert_many_new(self.references, structures),
+                "entries": _insert_many_new(self.entries, entries)}
+
+    def _active_set_names(self) -> set[str]:
+        return {d["_id"] for d in self.sets.find({"state": "active"}, {"_id": 1})}
+
     def add_references(self, docs: list[dict]) -> dict:
-        """Insert reference structures not yet present (by ``_id``); returns counts."""
-        return _insert_new(self.references, docs)
+        """Insert reference structure documents not yet present (by ``_id``): the programmatic way (see
+        :meth:`add_entries`); an unregistered set name becomes a structures-only set."""
+        result = _insert_new(self.references, docs)
+        self.register_sets_from_documents(sorted({d["set"] for d in docs}))
+        return result
 
     def references_with_formula(self, formulas: Iterable[str], projection: dict | None = None) -> Iterator[dict]:
-        return self.references.find({"reduced_formula": {"$in": sorted(set(formulas))}}, projection)
+        """Reference structures of active sets with one of ``formulas`` (indexed by reduced formula)."""
+        active = self._active_set_names()
+        fields = {**projection, "set": 1} if projection else None
+        for doc in self.references.find({"reduced_formula": {"$in": sorted(set(formulas))}}, fields):
+            if doc.get("set") in active:
+                yield doc
 
     def cache_reference_reduction(self, updates: list[tuple[str, dict]]) -> None:
         ops = [UpdateOne({"_id": rid}, {"$set": fields}) for rid, fields in updates]
@@ -390,37 +435,90 @@ class ResultsStore:
         return self.references.estimated_document_count()
 
     # ------------------------------------------------------------------------------ hull entries
-    def add_entries(self, docs: list[dict]) -> dict:
-        """Insert hull entries not yet present (by ``_id``); returns counts."""
-        return _insert_new(self.entries, docs)
+    def hull_entry_docs(self, elements: Iterable[str], set_names: Iterable[str]) -> list[dict]:
+        """The hull fields (composition, corrected energy, id) of every entry of ``set_names`` inside the
+        chemical system of ``elements``: one query on the ``chemsys`` index, one ``$in`` of its sub-systems."""
+        from fw_screen.references import subsystems
 
-    def entries_in_chemsys(self, elements: Iterable[str]) -> list[dict]:
-        """Every reference entry whose elements are a subset of ``elements`` (one indexed query)."""
-        from itertools import combinations
+        wanted = set(set_names)
+        fields = {"composition": 1, "energy": 1, "entry_id": 1, "set": 1, "chemsys": 1}
+        docs = self.entries.find({"chemsys": {"$in": subsystems(elements)}}, fields)
+        out = [d for d in docs if d.get("set") in wanted]
+        legacy = [d["_id"] for d in out if "composition" not in d]  # documents of older fw-screen versions
+        if legacy:
+            full = {d["_id"]: d for d in self.entries.find({"_id": {"$in": legacy}}, {"entry": 1})}
+            out = [full.get(d["_id"], d) if d["_id"] in full else d for d in out]
+        return out
 
-        els = sorted(set(elements))
-        systems = ["-".join(c) for n in range(1, len(els) + 1) for c in combinations(els, n)]
-        return list(self.entries.find({"chemsys": {"$in": systems}}, {"entry": 1}))
+    def entries_in_chemsys(self, elements: Iterable[str], energy_scale: str | None = None) -> list[dict]:
+        """Every entry of an active set whose elements are a subset of ``elements`` (one indexed query), with
+        the whole entry dict as ``entry``; only sets on ``energy_scale`` when it is given."""
+        from fw_screen.references import entry_dict, subsystems
 
-    def add_systems(self, systems: list[str], source: str) -> None:
-        for chemsys in systems:
-            self.systems.update_one({"_id": chemsys}, {"$addToSet": {"sources": source}}, upsert=True)
-
-    def covering_systems(self, elements: Iterable[str]) -> list[str]:
-        """Complete reference systems that contain every one of ``elements``."""
-        from fw_screen.references import systems_containing
-
-        return systems_containing(elements, self.system_names())
-
-    def unary_systems(self) -> set[str]:
-        """Elements with at least one reference entry of their own (a complete one-element system)."""
-        return set(self.entries.distinct("chemsys", {"elements": {"$size": 1}}))
-
-    def system_names(self) -> list[str]:
-        return sorted(d["_id"] for d in self.systems.find({}, {"_id": 1}))
+        sets = {s["_id"]: s for s in self.reference_sets()}
+        if energy_scale is not None:
+            sets = {k: s for k, s in sets.items() if s.get("energy_scale") == energy_scale}
+        out = []
+        for d in self.entries.find({"chemsys": {"$in": subsystems(elements)}}):
+            if d.get("set") in sets:
+                out.append({**{k: v for k, v in d.items() if k != "entry_json"}, "entry": entry_dict(d)})
+        return out
 
     def entry_count(self) -> int:
         return self.entries.estimated_document_count()
+
+    def add_entries(self, docs: list[dict], energy_scale: str = "mp2020") -> dict:
+        """Insert hull entry documents not yet present (by ``_id``): the programmatic way, without a source
+        file (:func:`fw_screen.campaign.load_references` is the user's).  A set name not registered yet gets
+        a set document from what its documents hold (see :meth:`register_sets_from_documents`)."""
+        result = _insert_new(self.entries, docs)
+        self.register_sets_from_documents(sorted({d["set"] for d in docs}), energy_scale)
+        return result
+
+    def register_sets_from_documents(self, names: Iterable[str], energy_scale: str = "mp2020",
+                                     note: str = "registered from its documents") -> list[str]:
+        """Give set names that have documents but no set document one, active: a per-system set covering
+        what a plain file would (the union of its elements when it has their own entries and at most 8 of
+        them; its elements alone when it has only those), or structures-only without entries."""
+        from fw_screen import references as refs
+
+        added = []
+        for name in names:
+            if self.sets.find_one({"_id": name}, {"_id": 1}):
+                continue
+            docs = list(self.entries.find({"set": name}, {"elements": 1, "chemsys": 1}))
+            summary = refs.SetSummary(entries=len(docs))
+            for d in docs:
+                summary.elements.update(d["elements"])
+                summary.chemsys[d["chemsys"]] += 1
+                if len(d["elements"]) == 1:
+                    summary.unary.add(d["elements"][0])
+            if docs:
+                compounds = any("-" in c for c in summary.chemsys)
+                systems = refs._union_system(summary) if compounds else sorted(summary.unary)
+                covers = refs.PER_SYSTEM
+            else:
+                systems, covers = [], refs.STRUCTURES_ONLY
+            self.sets.update_one({"_id": name}, {"$setOnInsert": {
+                "covers": covers, "systems": systems, "energy_scale": energy_scale if docs else None,
+                "unary": sorted(summary.unary), "elements": sorted(summary.elements), "n_entries": len(docs),
+                "n_structures": self.references.count_documents({"set": name}), "format": "documents",
+                "source": None, "state": "active", "loaded_at": utcnow(), "note": note}}, upsert=True)
+            added.append(name)
+        return added
+
+    def migrate_legacy_references(self) -> list[str]:
+        """Give reference documents of fw-screen versions without reference sets a set document each.
+
+        Runs only while no set is registered (the first load of a newer fw-screen): each older set becomes a
+        per-system set on the MP2020 scale covering what the older rule said.
+        """
+        if self.sets.estimated_document_count() or not (self.entries.estimated_document_count()
+                                                         or self.references.estimated_document_count()):
+            return []
+        names = sorted(set(self.entries.distinct("set")) | set(self.references.distinct("set")))
+        self.register_sets_from_documents(names, note="registered from the documents of an older fw-screen")
+        return names
 
     def assign_ml_batches(self, campaign: str, ids: list[str], size: int, prefix: str) -> list[str]:
         """Group novel candidates into ML batches of ``size``; returns the batch ids."""
@@ -438,6 +536,27 @@ class ResultsStore:
         """ML batches that still hold novel candidates waiting for the ML stage."""
         return {b for b in self.candidates.distinct("ml_batch", {"campaign": campaign, "status": st.NOVEL})
                 if b is not None}
+
+    def no_reference_elements(self, campaign: str) -> dict[str, list[str]]:
+        """{id: elements} of the campaign's ``no_reference`` candidates."""
+        return {d["_id"]: d.get("elements") or [] for d in self.candidates.find(
+            {"campaign": campaign, "status": st.NO_REFERENCE}, {"elements": 1})}
+
+    def requeue_for_ml(self, ids: list[str]) -> int:
+        """``no_reference`` -> ``novel`` for candidates a reference set loaded since covers: their band-gap-only
+        result and ML batch are cleared (the ML stage runs on them again), the old reason is kept."""
+        st.check_transition(st.NO_REFERENCE, st.NOVEL)
+        now, moved = utcnow(), 0
+        for chunk in _chunks(list(ids), 500):
+            reasons = {d["_id"]: (d.get("ml") or {}).get("reason") for d in self.candidates.find(
+                {"_id": {"$in": chunk}}, {"ml.reason": 1})}
+            ops = [UpdateOne({"_id": cid, "status": st.NO_REFERENCE},
+                             {"$set": {"status": st.NOVEL, "updated": now, "ml_requeued": {
+                                 "from": st.NO_REFERENCE, "at": now, "reason": reasons.get(cid)}},
+                              "$unset": {"ml": "", "ml_batch": ""}, "$inc": {"runs.ml_requeue": 1}})
+                   for cid in chunk]
+            moved += self.candidates.bulk_write(ops, ordered=False).modified_count
+        return moved
 
     def unbatched_novel(self, campaign: str) -> list[str]:
         """Novel candidates without an ML batch, in input order (the ML-batch test done here, not by the
@@ -693,6 +812,25 @@ def _insert_new(collection, docs: list[dict]) -> dict:
     for chunk in _chunks(ops, 1000):
         new += collection.bulk_write(chunk, ordered=False).upserted_count
     return {"new": new, "existing": len(docs) - new}
+
+
+def _insert_many_new(collection, docs: list[dict], chunk: int = 2000) -> int:
+    """Plain inserts (a set being loaded is new, so nothing is there yet); duplicate ids are skipped."""
+    seen, unique = set(), []
+    for d in docs:
+        if d["_id"] not in seen:
+            seen.add(d["_id"])
+            unique.append(d)
+    new = 0
+    for part in _chunks(unique, chunk):
+        try:
+            new += len(collection.insert_many(part, ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            new += exc.details.get("nInserted", 0)
+    return new
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:

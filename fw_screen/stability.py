@@ -251,6 +251,11 @@ def ml_entry(structure: Structure, energy_total: float, potential_name: str,
 
 
 # ------------------------------------------------------------------------------------------ the hull
+#: the energy scale every ML entry is put on (:func:`ml_entry`), and so the scale of the reference sets a
+#: hull may use (:mod:`fw_screen.references`: a hull never mixes scales)
+HULL_ENERGY_SCALE = "mp2020"
+
+
 def chemsys_entries(entries, elements) -> list:
     """The entries whose elements all lie in ``elements`` (the reference entries of one chemical system)."""
     allowed = {Element(getattr(e, "symbol", e)) for e in elements}

@@ -6,12 +6,14 @@
         └──────► valid ──► duplicate           (uniqueness: matches an earlier candidate; duplicate_of)
                      ├───► known               (novelty: matches a reference structure)
                      └───► novel ──► ml_done        (stability: relaxed, e_above_hull, band gap, hits)
-                                 ├─► no_reference   (no reference entries for an element: named)
+                                 ├─► no_reference   (no trusted reference hull: what is missing is named;
+                                 │                   back to novel once a loaded reference set covers it)
                                  └─► ml_failed      (relaxation exploded / timed out / unsupported element)
                      ml_done ──► promoted ──► dft_done    (DFT relax, band gap, DFT e_above_hull)
                                           └─► dft_failed  (pw.x/VASP error, missing pseudopotential: reason)
 
-Terminal states are never left; ``ml_done`` is left only by promotion to DFT (reason stored).
+Terminal states are never left; ``ml_done`` is left only by promotion to DFT (reason stored);
+``no_reference`` only for ``novel`` again, when references loaded since cover its chemical system.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     PROMOTED: frozenset({DFT_DONE, DFT_FAILED}),
     DFT_DONE: frozenset(),
     DFT_FAILED: frozenset(),
-    NO_REFERENCE: frozenset(),
+    NO_REFERENCE: frozenset({NOVEL}),  # a reference set loaded later covers it: `fw-screen ml` requeues it
     ML_FAILED: frozenset(),
 }
 

@@ -286,7 +286,7 @@ class VaspResultTask(FiretaskBase):
             from pymatgen.core import Structure
 
             elements = sorted({e.symbol for e in Structure.from_dict(cand["structure_reduced"]).composition.elements})
-        refs = store.entries_in_chemsys(elements or [])
+        refs = store.entries_in_chemsys(elements or [], "mp2020")  # the scale MP2020-processed VASP energies are on
         result = vasp_result(docs, refs, cid, failures=_fizzle_reasons(fw_spec))
         moved = store.transition([(cid, st.PROMOTED, result["status"], {"dft": result})], "dft")
         return FWAction(stored_data={"candidate": cid, "status": result["status"], "moved": moved,

@@ -81,10 +81,12 @@ def submit(launchpad, store, source: str | Path, spec: dict, progress=None) -> t
 
 
 def promote_to_ml(launchpad, store, campaign: str, db_file: str | None = None) -> list[str]:
-    """Give novel candidates that have no ML batch yet (older campaigns, interrupted runs) ML Fireworks."""
-    from fw_screen.campaign import plan_ml_batches
+    """Give novel candidates that have no ML batch yet (older campaigns, interrupted runs) ML Fireworks;
+    first put back to ``novel`` the ``no_reference`` candidates that reference sets loaded since cover."""
+    from fw_screen.campaign import plan_ml_batches, requeue_covered
 
     spec = store.campaign_spec(campaign)
+    requeue_covered(store, campaign)
     batches = plan_ml_batches(store, campaign, store.unbatched_novel(campaign), spec)
     fws = ml_fireworks(campaign, batches, spec, db_file)
     if fws:

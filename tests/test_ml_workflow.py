@@ -78,3 +78,62 @@ def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpa
     top = subprocess.run([str(Path(sys.executable).parent / "fw-screen"), "status", "-l", str(launchpad_file),
                           "-c", "test", "--top", "2"], capture_output=True, text=True, timeout=120)
     assert top.returncode == 0 and top.stdout.count(" test:") == 2
+
+
+def test_a_whole_database_set_loaded_later_relaxes_the_no_reference_candidates(launchpad, launchpad_file, store,
+                                                                               spec, tmp_path):
+    """Only Li-Co-Ni-O loaded: the Na candidates end no_reference. A whole-database file loaded afterwards
+    (`fw-screen references`), then `fw-screen ml`, puts them back to novel and an ML worker relaxes them
+    against it; the one outside every set (KZnAs) keeps its reason."""
+    import gzip
+    import json
+
+    import pandas as pd
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from pymatgen.core import Structure
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    from fw_screen import stability
+    from fw_screen.campaign import load_references
+    from fw_screen.workflows import submit
+    from tests.conftest import DATA, EXAMPLES
+
+    load_references(store, EXAMPLES / "mp_Li-Co-Ni-O.json.gz")
+    assert submit(launchpad, store, DATA / "crystallm_pi_ml_rows.parquet", spec)[0]["new"] == 4
+    cheap = fworker_file(tmp_path, launchpad_file, ["cheap"])
+    ml = fworker_file(tmp_path, launchpad_file, ["ml"])
+    assert launch_workers(str(launchpad_file), cheap, 1, tmp_path / "cheap", sleep=1) == [0]
+    assert launch_workers(str(launchpad_file), ml, 1, tmp_path / "ml1", sleep=1) == [0]
+    docs = {d["reduced_formula"]: d for d in store.candidates.find({"campaign": "test"})}
+    assert docs["LiNiO2"]["status"] in (st.ML_DONE, st.PROMOTED)
+    for formula in ("NaFeO2", "Na3P", "KZnAs"):
+        assert docs[formula]["status"] == st.NO_REFERENCE and "no reference entry for" in docs[formula]["ml"]["reason"]
+
+    # a whole database in Matbench Discovery's format whose universe is Na-Fe-P-O (with the other elements'
+    # entries it would claim K-As-Zn too: a whole database knows every compound of its elements)
+    with gzip.open(EXAMPLES / "mp_Na-Fe-P-O.json.gz", "rt") as fh:
+        raw = json.load(fh)
+    path = tmp_path / "whole-na.json.gz"
+    pd.DataFrame({"entry": raw}, index=pd.Index([d["entry_id"] for d in raw], name="material_id")
+                 ).reset_index().to_json(path)
+    exe = str(Path(sys.executable).parent / "fw-screen")
+    out = subprocess.run([exe, "references", str(path), "-l", str(launchpad_file)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "whole-database" in out.stdout, out.stderr
+    out = subprocess.run([exe, "ml", "-c", "test", "-l", str(launchpad_file)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "added" in out.stdout, (out.stdout, out.stderr)
+    assert launch_workers(str(launchpad_file), ml, 1, tmp_path / "ml2", sleep=1) == [0]
+
+    docs = {d["reduced_formula"]: d for d in store.candidates.find({"campaign": "test"})}
+    direct = [ComputedEntry.from_dict(d) for d in raw]
+    for formula in ("NaFeO2", "Na3P"):
+        d = docs[formula]
+        assert d["status"] in (st.ML_DONE, st.PROMOTED), (formula, d.get("ml"))
+        assert d["ml_requeued"]["reason"].startswith("no reference hull for") and d["runs"]["ml"] == 2
+        relaxed = Structure.from_dict(d["ml"]["structure_relaxed"])
+        entry = stability.ml_entry(relaxed, d["ml"]["relax"]["energy_total"], "chgnet")
+        els = {e.symbol for e in relaxed.composition.elements}
+        hull = PhaseDiagram([e for e in direct if {x.symbol for x in e.composition.elements} <= els])
+        assert abs(hull.get_e_above_hull(entry, allow_negative=True) - d["ml"]["e_above_hull"]) <= 1e-9
+    assert docs["KZnAs"]["status"] == st.NO_REFERENCE and "As-K-Zn" in docs["KZnAs"]["ml"]["reason"]

@@ -47,7 +47,10 @@ def test_entries_without_structure_are_counted_not_loaded():
     found = refs.load(EXAMPLES / "mp-elemental-reference-entries-2023-02-07.json.gz")
     assert found["structures"] == [] and found["skipped"] == 89
     assert len(found["entries"]) == 89  # still usable as hull references
-    assert found["systems"] == []  # but 89 elements are a collection, not one complete system
+    # 89 elements are no one chemical system: the file covers each element alone (its lowest entry is that
+    # element's hull), and no compound system
+    assert found["covers"] == "per-system" and found["systems"] == sorted(found["systems"]) and len(found["systems"]) == 89
+    assert all("-" not in s for s in found["systems"])
 
 
 def test_cif_folder_and_table_sources(mp_entries, tmp_path):
