@@ -385,7 +385,9 @@ def load_references(store: ResultsStore, source: str | Path, set_name: str | Non
                 if item.has_structure:
                     structures.append({**refs.item_reference_document(item, name), "version": version})
                 if item.entry is not None and covers != refs.STRUCTURES_ONLY:
-                    entries.append({**refs.entry_document(item.entry, name, raw=item.raw), "version": version})
+                    entries.append({**refs.entry_document(item.entry, name, raw=item.raw,
+                                                          structure_elsewhere=item.has_structure),
+                                    "version": version})
                 if len(structures) + len(entries) >= chunk:
                     flush()
         flush()

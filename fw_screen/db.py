@@ -462,6 +462,15 @@ class ResultsStore:
         for d in self.entries.find({"chemsys": {"$in": subsystems(elements)}}):
             if d.get("set") in sets:
                 out.append({**{k: v for k, v in d.items() if k != "entry_json"}, "entry": entry_dict(d)})
+        # entries of a release keep their structure once, in the set's novelty document of the same _id
+        elsewhere = [d["_id"] for d in out if d.get("structure_in") == "references"]
+        structures = self.documents_by_id(REFERENCES, elsewhere, ["structure"]) if elsewhere else {}
+        for d in out:
+            if d.get("structure_in") == "references":
+                if d["_id"] in structures:
+                    d["entry"]["structure"] = structures[d["_id"]]["structure"]
+                else:  # its structure document is gone: the entry still serves a hull
+                    d["entry"].update({"@module": "pymatgen.entries.computed_entries", "@class": "ComputedEntry"})
         return out
 
     def entry_count(self) -> int:

@@ -14,6 +14,7 @@ meets thousands of systems keeps its memory.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections import OrderedDict
 
@@ -68,11 +69,19 @@ def reference_hull(store: ResultsStore, elements, energy_scale: str | None = Non
         _CACHE.move_to_end(key)
         STATS["hits"] += 1
         return _CACHE[key], []
-    entries = [refs.hull_entry(d) for d in store.hull_entry_docs(elements, names)]
-    lacking = stability.missing_references(elements, entries)
-    if lacking:  # a covering set without an element's own entry (cannot happen for sets loaded here)
-        return None, [f"no reference entry for {', '.join(lacking)}"]
-    pd = stability.phase_diagram(entries)
+    # thousands of new entry objects set off full garbage collections (most of a slow cold lookup in
+    # bench_hull_scale.py, and longer in a worker holding a torch model): none are needed while building
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        entries = [refs.hull_entry(d) for d in store.hull_entry_docs(elements, names)]
+        lacking = stability.missing_references(elements, entries)
+        if lacking:  # a covering set without an element's own entry (cannot happen for sets loaded here)
+            return None, [f"no reference entry for {', '.join(lacking)}"]
+        pd = stability.phase_diagram(entries)
+    finally:
+        if collecting:
+            gc.enable()
     _CACHE[key] = pd
     STATS["built"] += 1
     while len(_CACHE) > MAX_CACHED:

@@ -47,6 +47,7 @@ import lzma
 import math
 import os
 import pickle
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -102,22 +103,29 @@ def reference_document(structure: Structure | None, ref_id: str, set_name: str, 
     }
 
 
-def entry_document(entry, set_name: str, raw: dict | None = None) -> dict:
+def entry_document(entry, set_name: str, raw: dict | None = None, structure_elsewhere: bool = False) -> dict:
     """A hull reference, keyed by chemical system.
 
     What a hull needs is kept flat (``composition``, corrected total ``energy``, ``entry_id``); the whole
     entry (with its structure, for the DFT stage's reference phases) is one JSON string, ``entry_json``, so
     reading a system's entries does not decode nested structure documents (``raw``: the entry dict as the
-    source held it, stored as is).
+    source held it, stored as is).  ``structure_elsewhere``: the set's novelty document of the same ``_id``
+    holds the structure, so the entry keeps none of its own (``structure_in: "references"``; the store puts
+    it back when the whole entry is read) -- a whole release then stores each structure once.
     """
     comp = entry.composition
     elements = sorted(el.symbol for el in comp.elements)
     entry_id = str(entry.entry_id or comp.reduced_formula)
-    return {"_id": f"{set_name}:{entry_id}", "set": set_name, "entry_id": entry_id, "chemsys": "-".join(elements),
+    full = raw if raw is not None else entry.as_dict()
+    extra = {}
+    if structure_elsewhere and "structure" in full:
+        full = {k: v for k, v in full.items() if k != "structure"}
+        extra = {"structure_in": "references"}
+    return {**extra, "_id": f"{set_name}:{entry_id}", "set": set_name, "entry_id": entry_id, "chemsys": "-".join(elements),
             "elements": elements, "composition": {el.symbol: float(amt) for el, amt in comp.items()},
             "energy": float(entry.energy), "energy_per_atom": float(entry.energy_per_atom),
             "formula": comp.reduced_formula,
-            "entry_json": json.dumps(raw if raw is not None else entry.as_dict(), default=_json_default)}
+            "entry_json": json.dumps(full, default=_json_default)}
 
 
 def _json_default(obj):
@@ -215,21 +223,171 @@ def _opener(path: Path):
     return open, None
 
 
-def _read_json(path: Path):
+class _JSONStream:
+    """One JSON text read piece by piece: values are parsed one at a time with the standard library's
+    ``raw_decode`` (C speed, and Python's own NaN/Infinity tokens, which pymatgen writes for unknown
+    uncertainties), so a release of 10^5 entries is never held whole in memory."""
+
+    _WS = re.compile(r"[ \t\n\r]*")
+    _DECODER = json.JSONDecoder()
+
+    def __init__(self, fh, chunk: int = 1 << 22):
+        self.fh, self.chunk, self.buf, self.pos, self.eof = fh, chunk, "", 0, False
+
+    def _more(self) -> bool:
+        data = "" if self.eof else self.fh.read(self.chunk)
+        if not data:
+            self.eof = True
+            return False
+        self.buf, self.pos = self.buf[self.pos:] + data, 0
+        return True
+
+    def peek(self) -> str:
+        while True:
+            self.pos = self._WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or not self._more():
+                return self.buf[self.pos] if self.pos < len(self.buf) else ""
+
+    def expect(self, chars: str) -> str:
+        c = self.peek()
+        if not c or c not in chars:
+            raise json.JSONDecodeError(f"expected {' or '.join(repr(x) for x in chars)}, found {c or 'the end'!r}",
+                                       self.buf, self.pos)
+        self.pos += 1
+        return c
+
+    def value(self):
+        self.peek()
+        while True:
+            try:
+                obj, end = self._DECODER.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError:
+                if self._more():
+                    continue
+                raise
+            if end == len(self.buf) and self._more():  # a number at the end of the buffer may go on
+                continue
+            self.pos = end
+            return obj
+
+    def elements(self) -> Iterator:
+        """The values of the array that starts here."""
+        self.expect("[")
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            yield self.value()
+            if self.expect(",]") == "]":
+                return
+
+    def members(self) -> Iterator[tuple]:
+        """The (key, value) pairs of the object that starts here."""
+        self.expect("{")
+        if self.peek() == "}":
+            self.pos += 1
+            return
+        while True:
+            key = self.value()
+            self.expect(":")
+            yield key, self.value()
+            if self.expect(",}") == "}":
+                return
+
+    def members_lazy(self) -> Iterator[str]:
+        """The keys of the object that starts here; after each, the caller reads or skips its value."""
+        self.expect("{")
+        if self.peek() == "}":
+            self.pos += 1
+            return
+        while True:
+            key = self.value()
+            self.expect(":")
+            yield key
+            if self.expect(",}") == "}":
+                return
+
+
+def _read_errors(path: Path, kind: str | None, exc: Exception) -> ReferenceSourceError:
+    if isinstance(exc, (EOFError, OSError, lzma.LZMAError)):
+        return ReferenceSourceError(f"{path}: truncated or corrupt {kind or 'file'} ({type(exc).__name__}: {exc}); "
+                                    "download it again")
+    if isinstance(exc, json.JSONDecodeError):
+        what = "decompressed content" if kind else "file"
+        return ReferenceSourceError(f"{path}: the {what} is not complete JSON ({exc.msg} at character {exc.pos} of "
+                                    "the piece being read): truncated or not a reference file")
+    if isinstance(exc, UnicodeDecodeError):
+        return ReferenceSourceError(f"{path}: not a text JSON file (binary content after {kind or 'no'} "
+                                    "decompression)")
+    return ReferenceSourceError(f"{path}: cannot be read ({type(exc).__name__}: {exc})")
+
+
+#: top-level keys of the pandas JSON tables Matbench Discovery writes (orient "columns")
+_MBD_KEYS = ("entry", "material_id", "index")
+
+
+def _json_shape(path: Path) -> str:
+    """The top-level shape of a JSON reference file, read from its beginning: ``list``, ``mbd`` (pandas
+    columns with ``entry``), ``alexandria`` (an ``entries`` list), ``object`` (one serialised pymatgen
+    object) or ``mapping`` (id -> object)."""
     opener, kind = _opener(path)
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
-            return json.load(fh)
-    except (EOFError, OSError, lzma.LZMAError) as exc:
-        raise ReferenceSourceError(f"{path}: truncated or corrupt {kind or 'file'} ({type(exc).__name__}: {exc}); "
-                                   "download it again") from None
-    except json.JSONDecodeError as exc:
-        what = "decompressed content" if kind else "file"
-        raise ReferenceSourceError(f"{path}: the {what} is not complete JSON ({exc.msg} at line {exc.lineno}, "
-                                   f"column {exc.colno}): truncated or not a reference file") from None
-    except UnicodeDecodeError:
-        raise ReferenceSourceError(f"{path}: not a text JSON file (binary content after "
-                                   f"{kind or 'no'} decompression)") from None
+            stream = _JSONStream(fh, chunk=1 << 16)
+            first = stream.peek()
+            if first == "[":
+                return "list"
+            if first != "{":
+                raise ReferenceSourceError(f"{path}: not a JSON list or mapping of entries (starts with "
+                                           f"{first or 'nothing'!r})")
+            scalars = set()
+            for key in stream.members_lazy():
+                c = stream.peek()
+                if c not in "[{":
+                    stream.value()
+                    scalars.add(key)
+                    continue
+                if "@class" in scalars:
+                    return "object"
+                if key == "entries" and c == "[":
+                    return "alexandria"
+                if key in _MBD_KEYS and c == "{":
+                    return "mbd"
+                return "mapping"
+            return "object" if "@class" in scalars else "mapping"
+    except ReferenceSourceError:
+        raise
+    except Exception as exc:
+        raise _read_errors(path, kind, exc) from None
+
+
+def _entries_of(path: Path, shape: str) -> Iterator[tuple]:
+    """(key, object) pairs of a JSON reference file of the given shape, streamed; read errors name the file."""
+    opener, kind = _opener(path)
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            stream = _JSONStream(fh)
+            if shape == "list":
+                yield from enumerate(stream.elements())
+            elif shape == "mapping":
+                yield from stream.members()
+            elif shape == "object":
+                yield 0, stream.value()
+            else:
+                wanted = "entries" if shape == "alexandria" else "entry"
+                for key in stream.members_lazy():
+                    if key != wanted:
+                        stream.value()
+                        continue
+                    if shape == "alexandria":
+                        yield from enumerate(stream.elements())
+                    else:
+                        yield from stream.members()
+                    return
+    except ReferenceSourceError:
+        raise
+    except Exception as exc:
+        raise _read_errors(path, kind, exc) from None
 
 
 def _decode_entry(obj, where: str):
@@ -315,25 +473,27 @@ def _item(obj, ref_id: str, where: str, raw: dict | None = None) -> Item:
                                f"({type(decoded).__name__}{': ' + str(decoded)[:80] if decoded is not None else ''})")
 
 
-def _json_items(data, path: Path) -> Iterator[Item]:
-    if isinstance(data, dict) and "@class" not in data:
-        pairs = list(data.items())
-    else:
-        pairs = list(enumerate(data if isinstance(data, list) else [data]))
-    for key, obj in pairs:
+def _json_items(path: Path, shape: str) -> Iterator[Item]:
+    for key, obj in _entries_of(path, shape):
         yield _item(obj, f"{default_set_name(path)}-{key}", f"{path}: item {key!r}", raw=obj)
 
 
-def _mbd_items(data: dict, path: Path) -> Iterator[Item]:
+def _mbd_items(path: Path) -> Iterator[Item]:
     """Matbench Discovery's ``*-mp-computed-structure-entries.json.gz``: a pandas DataFrame written with
-    ``df.to_json`` (orient "columns"): {"material_id": {row: id}, "entry": {row: entry dict}, ...}."""
-    ids = data.get("material_id") or data.get("index") or {}
-    for row, obj in data["entry"].items():
-        yield _item(obj, str(ids.get(row, row)), f"{path}: row {row} ({ids.get(row, 'no material_id')})")
+    ``df.to_json`` (orient "columns"): {"material_id": {row: id}, "entry": {row: entry dict}, ...}.  The
+    entries carry their MP id (``entry_id``, what ``material_id`` repeats), so one streamed pass over the
+    ``entry`` column suffices."""
+    n = 0
+    for row, obj in _entries_of(path, "mbd"):
+        n += 1
+        mid = obj.get("entry_id") if isinstance(obj, dict) else None
+        yield _item(obj, str(mid or row), f"{path}: row {row}{f' ({mid})' if mid else ''}")
+    if n == 0:
+        raise ReferenceSourceError(f"{path}: a pandas JSON table without an 'entry' column of entries")
 
 
-def _alexandria_items(data: dict, path: Path) -> Iterator[Item]:
-    for i, obj in enumerate(data["entries"]):
+def _alexandria_items(path: Path) -> Iterator[Item]:
+    for i, obj in _entries_of(path, "alexandria"):
         mat_id = (obj.get("data") or {}).get("mat_id") if isinstance(obj, dict) else None
         yield _item(obj, str(mat_id or f"alexandria-{i}"), f"{path}: entry {i}{f' ({mat_id})' if mat_id else ''}")
 
@@ -426,16 +586,13 @@ def open_source(path: str | Path, ingest: dict | None = None, trust_pickle: bool
         return Source(str(path), "mbd-ppd-pickle", WHOLE_DATABASE, None, items, sha,
                       notes=[f"a pickled {name}: every chemical system of its elements is complete"])
     if lower.endswith((".json", ".json.gz", ".json.bz2", ".json.xz")):
-        data = _read_json(path)
-        if isinstance(data, dict) and isinstance(data.get("entry"), dict) and (
-                "material_id" in data or "index" in data):
-            return Source(str(path), "mbd-mp-entries", WHOLE_DATABASE, None, _mbd_items(data, path), sha)
-        if isinstance(data, dict) and isinstance(data.get("entries"), list) and "@class" not in data:
+        shape = _json_shape(path)
+        if shape == "mbd":
+            return Source(str(path), "mbd-mp-entries", WHOLE_DATABASE, None, _mbd_items(path), sha)
+        if shape == "alexandria":
             return Source(str(path), "alexandria-convex-hull", WHOLE_DATABASE, "alexandria-pbe",
-                          _alexandria_items(data, path), sha)
-        if not isinstance(data, (list, dict)):
-            raise ReferenceSourceError(f"{path}: JSON {type(data).__name__}, not a list or mapping of entries")
-        return Source(str(path), "pymatgen-json", None, None, _json_items(data, path), sha)
+                          _alexandria_items(path), sha)
+        return Source(str(path), "pymatgen-json", None, None, _json_items(path, shape), sha)
     if lower.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
         from fw_screen.spec import default_spec
 

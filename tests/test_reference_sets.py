@@ -312,3 +312,44 @@ def test_sets_of_an_older_fw_screen_are_registered_with_their_old_coverage(store
     assert (s["covers"], s["systems"], s["energy_scale"]) == ("per-system", ["Fe-Na-O-P"], "mp2020")
     pd_, missing = hulls.reference_hull(store, ["Na", "Fe", "O"])
     assert missing == [] and len(pd_.all_entries) == len(store.entries_in_chemsys(["Na", "Fe", "O"]))
+
+
+def test_release_json_is_read_as_a_stream_with_pythons_nan_tokens(tmp_path):
+    """Release files are parsed one value at a time, whatever the read boundaries; Python's bare NaN and
+    Infinity tokens (pymatgen writes ``"uncertainty": NaN``) are kept, and every shape is found."""
+    import io
+    import math
+
+    obj = [{"u": float("nan"), "s": "NaN3 :NaN", "v": [float("inf"), -float("inf"), 1.5e-3], "k": {"x": 12345}}
+           for _ in range(40)]
+    text = json.dumps(obj)
+    for chunk in (1, 3, 7, 64, 1 << 20):
+        back = list(refs._JSONStream(io.StringIO(text), chunk=chunk).elements())
+        assert json.dumps(back) == text, chunk
+    columns = {"material_id": {str(i): f"mp-{i}" for i in range(3)}, "entry": {str(i): o for i, o in enumerate(obj[:3])}}
+    for name, data, shape in [("list.json", obj, "list"), ("mbd.json.gz", columns, "mbd"),
+                              ("alex.json.bz2", {"entries": obj}, "alexandria"),
+                              ("map.json", {"Li": obj[0], "O": obj[1]}, "mapping")]:
+        path = tmp_path / name
+        opener = {"gz": gzip.open, "bz2": __import__("bz2").open}.get(name.rsplit(".", 1)[-1], open)
+        with opener(path, "wt") as fh:
+            json.dump(data, fh)
+        assert refs._json_shape(path) == shape
+        pairs = list(refs._entries_of(path, shape))
+        assert len(pairs) == {"list": 40, "mbd": 3, "alexandria": 40, "mapping": 2}[shape]
+        assert math.isnan(pairs[0][1]["u"]) and pairs[0][1]["v"][1] == -math.inf and pairs[0][1]["s"] == "NaN3 :NaN"
+
+
+def test_release_entries_store_each_structure_once(store):
+    """A release's entry keeps no structure of its own (its novelty document has it); reading the whole entry
+    (DFT reference phases) puts it back."""
+    from monty.json import MontyDecoder
+
+    load_references(store, RELEASES / "2023-02-07-mp-computed-structure-entries_sample.json.gz", set_name="mbd")
+    doc = store.entries.find_one({"set": "mbd", "chemsys": "Li-O"})
+    assert doc["structure_in"] == "references" and '"structure"' not in doc["entry_json"]
+    full = {d["_id"]: d["entry"] for d in store.entries_in_chemsys(["Li", "O"])}
+    assert full and all("structure" in e for e in full.values())
+    cse = MontyDecoder().process_decoded(full[doc["_id"]])
+    ref = store.references.find_one({"_id": doc["_id"]})
+    assert cse.structure == Structure.from_dict(ref["structure"]) and cse.energy == doc["energy"]
