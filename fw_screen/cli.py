@@ -807,6 +807,7 @@ def cmd_ml(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from fw_screen import status as st
     from fw_screen.campaign import funnel_report, load_references
     from fw_screen.spec import load_spec
     from fw_screen.workflows import submit

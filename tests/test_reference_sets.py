@@ -353,3 +353,26 @@ def test_release_entries_store_each_structure_once(store):
     cse = MontyDecoder().process_decoded(full[doc["_id"]])
     ref = store.references.find_one({"_id": doc["_id"]})
     assert cse.structure == Structure.from_dict(ref["structure"]) and cse.energy == doc["energy"]
+
+
+def test_demo_says_how_many_candidates_have_no_reference_and_how_to_load_a_release(tmp_path):
+    """`fw-screen demo` on one generation outside the shipped references (KZnAs): the funnel, then once the
+    count of candidates without a reference hull and the command that loads a whole release."""
+    from tests.conftest import free_port
+
+    rows = pd.read_parquet(DATA / "crystallm_pi_ml_rows.parquet")
+    path = tmp_path / "kznas.parquet"
+    rows[rows["Generated CIF"].str.contains("K")].to_parquet(path)
+    home = tmp_path / "home"
+    start = subprocess.run([FW_SCREEN, "--home", str(home), "db", "start", "--port", str(free_port())],
+                           capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        out = subprocess.run([FW_SCREEN, "--home", str(home), "demo", "--input", str(path), "--campaign", "k"],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.count("novel candidates have no reference hull") == 1
+        assert "1 novel candidates have no reference hull" in out.stdout
+        assert "fw-screen references 2023-02-07-mp-computed-structure-entries.json.gz && fw-screen ml -c k" in out.stdout
+    finally:
+        subprocess.run([FW_SCREEN, "--home", str(home), "db", "stop"], capture_output=True, timeout=120)
