@@ -333,7 +333,6 @@ def load_references(store: ResultsStore, source: str | Path, set_name: str | Non
     file under a taken name is refused.
     """
     import uuid
-    import warnings
 
     from pymongo.errors import DuplicateKeyError
 
@@ -378,24 +377,18 @@ def load_references(store: ResultsStore, source: str | Path, set_name: str | Non
             if progress:
                 progress(summary.entries + summary.structures)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for item in found.items:
-                summary.add(item)
-                if item.has_structure:
-                    structures.append({**refs.item_reference_document(item, name), "version": version})
-                if item.entry is not None and covers != refs.STRUCTURES_ONLY:
-                    entries.append({**refs.entry_document(item.entry, name, raw=item.raw,
-                                                          structure_elsewhere=item.has_structure),
-                                    "version": version})
-                if len(structures) + len(entries) >= chunk:
-                    flush()
+        for structure_doc, entry_doc in refs.documents(found.items, name, summary,
+                                                       entries=covers != refs.STRUCTURES_ONLY,
+                                                       structure_elsewhere=True):
+            if structure_doc is not None:
+                structures.append({**structure_doc, "version": version})
+            if entry_doc is not None:
+                entries.append({**entry_doc, "version": version})
+            if len(structures) + len(entries) >= chunk:
+                flush()
         flush()
         kind, systems = refs.decide_coverage(summary, found, covers)
         scale = refs.decide_energy_scale(summary, found, energy_scale)
-        if kind == refs.STRUCTURES_ONLY and counts["entries"]:
-            store.entries.delete_many({"set": name})
-            counts["entries"] = 0
         fields = {"covers": kind, "systems": systems, "energy_scale": scale if kind != refs.STRUCTURES_ONLY else None,
                   "elements": sorted(summary.elements), "unary": sorted(summary.unary),
                   "n_entries": counts["entries"], "n_structures": counts["structures"],

@@ -447,7 +447,7 @@ class ResultsStore:
         legacy = [d["_id"] for d in out if "composition" not in d]  # documents of older fw-screen versions
         if legacy:
             full = {d["_id"]: d for d in self.entries.find({"_id": {"$in": legacy}}, {"entry": 1})}
-            out = [full.get(d["_id"], d) if d["_id"] in full else d for d in out]
+            out = [full.get(d["_id"], d) for d in out]
         return out
 
     def entries_in_chemsys(self, elements: Iterable[str], energy_scale: str | None = None) -> list[dict]:
@@ -495,22 +495,14 @@ class ResultsStore:
         for name in names:
             if self.sets.find_one({"_id": name}, {"_id": 1}):
                 continue
-            docs = list(self.entries.find({"set": name}, {"elements": 1, "chemsys": 1}))
-            summary = refs.SetSummary(entries=len(docs))
-            for d in docs:
-                summary.elements.update(d["elements"])
-                summary.chemsys[d["chemsys"]] += 1
-                if len(d["elements"]) == 1:
-                    summary.unary.add(d["elements"][0])
-            if docs:
-                compounds = any("-" in c for c in summary.chemsys)
-                systems = refs._union_system(summary) if compounds else sorted(summary.unary)
-                covers = refs.PER_SYSTEM
+            summary = refs.SetSummary.from_entry_docs(self.entries.find({"set": name}, {"elements": 1}))
+            if summary.entries:
+                systems, covers = refs.plain_systems(summary), refs.PER_SYSTEM
             else:
                 systems, covers = [], refs.STRUCTURES_ONLY
             self.sets.update_one({"_id": name}, {"$setOnInsert": {
-                "covers": covers, "systems": systems, "energy_scale": energy_scale if docs else None,
-                "unary": sorted(summary.unary), "elements": sorted(summary.elements), "n_entries": len(docs),
+                "covers": covers, "systems": systems, "energy_scale": energy_scale if summary.entries else None,
+                "unary": sorted(summary.unary), "elements": sorted(summary.elements), "n_entries": summary.entries,
                 "n_structures": self.references.count_documents({"set": name}), "format": "documents",
                 "source": None, "state": "active", "loaded_at": utcnow(), "note": note}}, upsert=True)
             added.append(name)

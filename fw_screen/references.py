@@ -283,16 +283,8 @@ class _JSONStream:
 
     def members(self) -> Iterator[tuple]:
         """The (key, value) pairs of the object that starts here."""
-        self.expect("{")
-        if self.peek() == "}":
-            self.pos += 1
-            return
-        while True:
-            key = self.value()
-            self.expect(":")
+        for key in self.members_lazy():
             yield key, self.value()
-            if self.expect(",}") == "}":
-                return
 
     def members_lazy(self) -> Iterator[str]:
         """The keys of the object that starts here; after each, the caller reads or skips its value."""
@@ -407,15 +399,17 @@ def _decode_entry(obj, where: str):
         raise ReferenceSourceError(f"{where}: a {cls} without an energy ('energy' is missing): cannot serve a hull")
     try:
         decoded = MontyDecoder().process_decoded(obj)
-    except ReferenceSourceError:
-        raise
     except Exception as exc:
         raise ReferenceSourceError(f"{where}: cannot be read as a pymatgen {cls or 'object'} "
                                    f"({type(exc).__name__}: {exc})") from None
-    energy = getattr(decoded, "energy", None)
-    if isinstance(decoded, ComputedEntry) and (energy is None or not math.isfinite(energy)):
-        raise ReferenceSourceError(f"{where}: entry energy is {energy}, not a finite number")
+    if isinstance(decoded, ComputedEntry):
+        _check_energy(decoded, where)
     return decoded
+
+
+def _check_energy(entry: ComputedEntry, where: str) -> None:
+    if entry.energy is None or not math.isfinite(entry.energy):
+        raise ReferenceSourceError(f"{where}: entry energy is {entry.energy}, not a finite number")
 
 
 def _fast_entry(obj: dict, where: str) -> ComputedEntry | None:
@@ -430,52 +424,43 @@ def _fast_entry(obj: dict, where: str) -> ComputedEntry | None:
     except Exception as exc:
         raise ReferenceSourceError(f"{where}: cannot be read as a ComputedStructureEntry "
                                    f"({type(exc).__name__}: {exc})") from None
-    if not math.isfinite(entry.energy):
-        raise ReferenceSourceError(f"{where}: entry energy is {entry.energy}, not a finite number")
+    _check_energy(entry, where)
     return entry
 
 
-def _item(obj, ref_id: str, where: str, raw: dict | None = None) -> Item:
+def _entry_properties(entry: ComputedEntry, obj) -> dict:
+    """What a novelty document keeps of an entry: its energy per atom and the hull data it carries (MP
+    files also carry ``e_above_hull`` beside the entry dict)."""
+    data = entry.data if isinstance(entry.data, dict) else {}
+    props = {k: data[k] for k in ("e_above_hull", "e_form_per_atom", "e_form") if isinstance(data.get(k), (int, float))}
+    props["energy_per_atom"] = float(entry.energy_per_atom)
+    if isinstance(obj, dict) and isinstance(obj.get("e_above_hull"), (int, float)):
+        props["e_above_hull"] = obj["e_above_hull"]
+    return props
+
+
+def _item(obj, ref_id: str, where: str) -> Item:
     fast = _fast_entry(obj, where) if isinstance(obj, dict) else None
     if fast is not None:
-        item = Item(str(fast.entry_id or ref_id), entry=fast, raw=obj, structure_dict=obj["structure"])
-        data = fast.data if isinstance(fast.data, dict) else {}
-        for key in ("e_above_hull", "e_form_per_atom", "e_form"):
-            if isinstance(data.get(key), (int, float)):
-                item.properties[key] = data[key]
-        item.properties["energy_per_atom"] = float(fast.energy_per_atom)
-        if isinstance(obj.get("e_above_hull"), (int, float)):
-            item.properties["e_above_hull"] = obj["e_above_hull"]
-        return item
+        return Item(str(fast.entry_id or ref_id), entry=fast, properties=_entry_properties(fast, obj), raw=obj,
+                    structure_dict=obj["structure"])
     decoded = _decode_entry(obj, where)
-    item = Item(ref_id)
     if isinstance(decoded, Structure):
-        item.structure = decoded
-        return item
+        return Item(ref_id, structure=decoded)
     if isinstance(decoded, ComputedEntry):
-        item.entry = decoded
-        item.raw = obj if isinstance(obj, dict) and "@class" in obj else None
-        item.ref_id = str(decoded.entry_id or ref_id)
-        item.structure = getattr(decoded, "structure", None)
-        data = decoded.data if isinstance(decoded.data, dict) else {}
-        for key in ("e_above_hull", "e_form_per_atom", "e_form"):
-            if key in data and isinstance(data[key], (int, float)):
-                item.properties[key] = data[key]
-        item.properties["energy_per_atom"] = float(decoded.energy_per_atom)
-        if isinstance(raw, dict) and isinstance(raw.get("e_above_hull"), (int, float)):
-            item.properties["e_above_hull"] = raw["e_above_hull"]  # MP files carry it beside the entry
-        return item
+        return Item(str(decoded.entry_id or ref_id), entry=decoded, structure=getattr(decoded, "structure", None),
+                    properties=_entry_properties(decoded, obj),
+                    raw=obj if isinstance(obj, dict) and "@class" in obj else None)
     structure = getattr(decoded, "structure", None)
     if isinstance(structure, Structure):
-        item.structure = structure
-        return item
+        return Item(ref_id, structure=structure)
     raise ReferenceSourceError(f"{where}: not a pymatgen entry or structure "
                                f"({type(decoded).__name__}{': ' + str(decoded)[:80] if decoded is not None else ''})")
 
 
 def _json_items(path: Path, shape: str) -> Iterator[Item]:
     for key, obj in _entries_of(path, shape):
-        yield _item(obj, f"{default_set_name(path)}-{key}", f"{path}: item {key!r}", raw=obj)
+        yield _item(obj, f"{default_set_name(path)}-{key}", f"{path}: item {key!r}")
 
 
 def _mbd_items(path: Path) -> Iterator[Item]:
@@ -621,6 +606,22 @@ class SetSummary:
     schemes: Counter = field(default_factory=Counter)
     scheme_examples: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_entry_docs(cls, docs: Iterable[dict]) -> "SetSummary":
+        """The summary of stored entry documents (their sorted ``elements``)."""
+        summary = cls()
+        for d in docs:
+            summary.count_entry(d["elements"])
+        return summary
+
+    def count_entry(self, elements: list[str]) -> None:
+        """One entry of the sorted ``elements``."""
+        self.entries += 1
+        self.elements.update(elements)
+        if len(elements) == 1:
+            self.unary.add(elements[0])
+        self.chemsys["-".join(elements)] += 1
+
     def add(self, item: Item) -> None:
         if item.entry is None and not item.has_structure:
             self.skipped += 1
@@ -628,30 +629,21 @@ class SetSummary:
         if item.has_structure:
             self.structures += 1
         if item.entry is not None:
-            self.entries += 1
             self.no_structure += not item.has_structure
-            els = sorted(el.symbol for el in item.entry.composition.elements)
-            self.elements.update(els)
-            if len(els) == 1:
-                self.unary.add(els[0])
-            self.chemsys["-".join(els)] += 1
+            self.count_entry(sorted(el.symbol for el in item.entry.composition.elements))
             scheme = correction_scheme(item.entry)
             if scheme is not None:
                 self.schemes[scheme] += 1
                 self.scheme_examples.setdefault(scheme, item.ref_id)
 
 
-def complete_systems(entry_docs: list[dict]) -> list[str]:
-    """The chemical system a plain file of entries covers, by the convention that such files are downloaded
-    per system (MP ``get_entries_in_chemsys``): the union of the elements when it has its elements' own
-    entries and at most ``MAX_SYSTEM_ELEMENTS`` elements; otherwise none."""
-    summary = SetSummary()
-    for d in entry_docs:
-        summary.elements.update(d["elements"])
-        if len(d["elements"]) == 1:
-            summary.unary.add(d["elements"][0])
-        summary.chemsys[d["chemsys"]] += 1
-        summary.entries += 1
+def plain_systems(summary: SetSummary) -> list[str]:
+    """The systems a plain file of entries covers by the convention that such files are downloaded per
+    system (MP ``get_entries_in_chemsys``): its elements alone when it holds only elemental entries (each
+    element's lowest entry is that element's hull), else the union of its elements when it has their own
+    entries and at most :data:`MAX_SYSTEM_ELEMENTS` of them; otherwise none."""
+    if not any("-" in s for s in summary.chemsys):
+        return sorted(summary.unary)
     return _union_system(summary)
 
 
@@ -695,10 +687,8 @@ def decide_coverage(summary: SetSummary, source: Source, covers: str | None) -> 
     if covers == PER_SYSTEM:
         systems = _union_system(summary) or _maximal_systems(summary)
         return PER_SYSTEM, systems + (sorted(summary.unary) if not compounds else [])
-    if not compounds:  # elemental references: each element is complete on its own
-        return PER_SYSTEM, sorted(summary.unary)
-    if len(summary.elements) <= MAX_SYSTEM_ELEMENTS:
-        return PER_SYSTEM, _union_system(summary)
+    if not compounds or len(summary.elements) <= MAX_SYSTEM_ELEMENTS:
+        return PER_SYSTEM, plain_systems(summary)
     raise ReferenceSourceError(
         f"{source.path}: {summary.entries} entries spanning {len(summary.elements)} elements "
         f"({len(summary.chemsys)} chemical systems): say what it covers. A whole-database release (every chemical "
@@ -806,6 +796,20 @@ def from_mp_api(chemsys: str, set_name: str = "mp") -> Source:
     return Source(f"mp:{chemsys}", "mp-api", PER_SYSTEM, "mp2020", items)
 
 
+def documents(items: Iterable[Item], set_name: str, summary: SetSummary, entries: bool = True,
+              structure_elsewhere: bool = False) -> Iterator[tuple[dict | None, dict | None]]:
+    """(novelty document or None, hull entry document or None) of each item, counted into ``summary``
+    (``entries``: make entry documents at all; ``structure_elsewhere``: see :func:`entry_document`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for item in items:
+            summary.add(item)
+            yield (item_reference_document(item, set_name) if item.has_structure else None,
+                   entry_document(item.entry, set_name, raw=item.raw,
+                                  structure_elsewhere=structure_elsewhere and item.has_structure)
+                   if entries and item.entry is not None else None)
+
+
 def load(path: str | Path, set_name: str | None = None, ingest: dict | None = None, covers: str | None = None,
          trust_pickle: bool = False) -> dict:
     """Everything a source holds, in memory (small files, tests): {"structures": [...], "entries": [...],
@@ -814,14 +818,11 @@ def load(path: str | Path, set_name: str | None = None, ingest: dict | None = No
     source = open_source(path, ingest, trust_pickle=trust_pickle)
     name = set_name or default_set_name(path)
     summary, structures, entries = SetSummary(), [], []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for item in source.items:
-            summary.add(item)
-            if item.has_structure:
-                structures.append(item_reference_document(item, name))
-            if item.entry is not None:
-                entries.append(entry_document(item.entry, name, raw=item.raw))
+    for structure_doc, entry_doc in documents(source.items, name, summary):
+        if structure_doc is not None:
+            structures.append(structure_doc)
+        if entry_doc is not None:
+            entries.append(entry_doc)
     kind, systems = decide_coverage(summary, source, covers)
     return {"structures": structures, "entries": entries if kind != STRUCTURES_ONLY else [],
             "skipped": summary.skipped + summary.no_structure,
