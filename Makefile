@@ -6,7 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-all bench install qe chromium db-stop clean
+.PHONY: demo test test-all bench install qe chromium db-stop clean reference-env bench-port
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,20 @@ test-all: $(STAMP) qe chromium
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cheap_funnel.py
 	$(BIN)/python benchmarks/bench_novelty.py
+
+# The DGL-era matgl (1.2.7 + dgl 2.1.0) the bundled MEGNet / M3GNet checkpoints were trained with, in a
+# venv of its own used only by benchmarks/bench_matgl_port.py (never a dependency of fw-screen); --no-deps
+# because its packages pin older torch builds (benchmarks/reference_env/README.md)
+REF_VENV := .venv-ref
+$(REF_VENV)/.installed: benchmarks/reference_env/requirements.txt
+	$(PY) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/pip install --quiet --no-deps -r benchmarks/reference_env/requirements.txt
+	touch $@
+
+reference-env: $(REF_VENV)/.installed
+
+bench-port: $(STAMP) reference-env
+	$(BIN)/python benchmarks/bench_matgl_port.py
 
 db-stop: $(STAMP)
 	$(BIN)/fw-screen db stop

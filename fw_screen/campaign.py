@@ -205,8 +205,7 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
             out["band_gap"] = {**band_gap, "structure": "unrelaxed"}
         except Exception as exc:
             out["band_gap_error"] = f"{type(exc).__name__}: {exc}"
-        out["hits"] = prop.target_hits(band_gap["band_gap"] if band_gap else None, None, doc.get("targets") or {},
-                                       pcfg["band_gap_tolerance"], ml["stability_threshold"])
+        out["hits"] = ml_hits(band_gap, None, doc, spec)
         return st.NO_REFERENCE, {"ml": out}
     if len(structure) > ml["max_sites"]:
         out["reason"] = f"{len(structure)} sites > ml.max_sites={ml['max_sites']}"
@@ -247,9 +246,19 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
         gap = band_gap["band_gap"]
     except prop.PropertyError as exc:
         out["band_gap_error"] = str(exc)
-    out["hits"] = prop.target_hits(gap, hull["e_above_hull"], doc.get("targets") or {},
-                                   pcfg["band_gap_tolerance"], ml["stability_threshold"])
+    out["hits"] = ml_hits(band_gap if gap is not None else None, hull["e_above_hull"], doc, spec)
     return st.ML_DONE, {"ml": out}
+
+
+def ml_hits(band_gap: dict | None, e_above_hull: float | None, doc: dict, spec: dict) -> dict:
+    """Target hits of an ML band-gap prediction (:func:`fw_screen.property.predict_band_gap`), with the model's
+    measured error recorded and, when ``property.widen_tolerance_by_model_error``, added to the tolerance."""
+    from fw_screen import property as prop
+
+    mae = (band_gap or {}).get("model_error")
+    return prop.target_hits((band_gap or {}).get("band_gap"), e_above_hull, doc.get("targets") or {},
+                            prop.hit_tolerance(spec["property"], mae), spec["ml"]["stability_threshold"],
+                            model_error=mae, source="ml")
 
 
 def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: dict) -> list[str]:
@@ -433,6 +442,7 @@ def funnel_report(store: ResultsStore, campaign: str) -> dict:
         "novelty_among_unique": f["novel"] / f["unique"] if f["unique"] else None,
     }
     report["dft"] = store.dft_summary(campaign)
+    report["dft_lite"] = store.dft_lite_summary(campaign)
     report["stability_threshold"] = thr
 
     def with_rates(row: dict) -> dict:
@@ -445,6 +455,80 @@ def funnel_report(store: ResultsStore, campaign: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- promotion
+# ------------------------------------------------------------------------------------ DFT-lite tier
+def plan_dft_lite(store: ResultsStore, campaign: str) -> list[str]:
+    """With ``property.method: dft_lite``: the ML-stable candidates that get a DFT-lite band gap.
+
+    Candidates larger than ``property.dft_lite_max_sites`` are recorded as skipped (with the reason); the
+    others are marked queued (atomically: two workers planning at once share them out) and returned."""
+    from fw_screen import dft_lite
+
+    spec = store.campaign_spec(campaign)
+    if spec["property"]["method"] != "dft_lite":
+        return []
+    todo, skipped = [], []
+    for doc in store.dft_lite_waiting(campaign, spec["ml"]["stability_threshold"]):
+        relaxed = (doc.get("ml") or {}).get("structure_relaxed")
+        if not relaxed:
+            skipped.append((doc["_id"], {"status": "skipped", "reason": "no ML-relaxed structure"}))
+            continue
+        reason = dft_lite.too_large(Structure.from_dict(relaxed), spec)
+        if reason:
+            skipped.append((doc["_id"], {"status": "skipped", "reason": reason}))
+        else:
+            todo.append(doc["_id"])
+    store.set_dft_lite_if_absent(skipped)
+    return store.set_dft_lite_if_absent([(i, {"status": "queued"}) for i in todo])
+
+
+def dft_lite_pending(store: ResultsStore, campaign: str) -> int:
+    """Candidates of the campaign whose DFT-lite band gap is queued or not yet planned (0 with method ml)."""
+    spec = store.campaign_spec(campaign)
+    if spec["property"]["method"] != "dft_lite":
+        return 0
+    unplanned = len(store.dft_lite_waiting(campaign, spec["ml"]["stability_threshold"]))
+    return unplanned + store.count({"campaign": campaign, "status": st.ML_DONE, "dft_lite.status": "queued"})
+
+
+def run_dft_lite(store: ResultsStore, candidate_id: str, workdir: str | Path, env: dict | None = None,
+                 checkpoint: dict | None = None) -> dict:
+    """The DFT-lite band gap of one ML-done candidate (QE scf -> nscf at its ML-relaxed structure) and its
+    target hits; stored as the candidate's ``dft_lite``.  A failed calculation is stored with its reason."""
+    from fw_screen import dft_lite, qe
+    from fw_screen import property as prop
+
+    doc = store.dft_lite_candidate(candidate_id)
+    if doc is None or doc["status"] != st.ML_DONE:
+        return {"status": "skipped", "reason": f"candidate {candidate_id} is "
+                                               f"{'missing' if doc is None else doc['status']}, not ml_done"}
+    spec = store.campaign_spec(doc["campaign"])
+    settings = dft_lite.settings(spec, env)
+    base = {"code": "qe", "structure": "ML-relaxed", "kppa": settings["kppa"], "nscf_kppa": settings["nscf_kppa"]}
+    try:
+        protocol = qe.protocol(doc["elements"], settings)
+    except qe.QEError as exc:
+        store.set_dft_lite([(candidate_id, {**base, "status": "failed", "reason": str(exc)})])
+        return {"status": "failed", "reason": str(exc)}
+    structure = Structure.from_dict(doc["ml"]["structure_relaxed"])
+    result = dft_lite.band_gap(structure, protocol, settings, Path(workdir) / "dft_lite", checkpoint=checkpoint)
+    if result["status"] == "checkpoint":
+        return {"status": "checkpoint", "checkpoint": result["checkpoint"]}
+    fields = {**base, "status": "done" if result["status"] == "completed" else "failed",
+              "reason": result.get("reason"), "protocol_id": protocol["id"], "band_gap": result.get("band_gap"),
+              "energy_per_atom": result.get("energy_per_atom"), "steps": result.get("steps"),
+              "corrections": result.get("corrections"), "seconds": result.get("seconds"),
+              "pw_seconds": result.get("pw_seconds")}
+    gap = (result.get("band_gap") or {}).get("band_gap")
+    measured = prop.model_error("dft_lite")
+    mae = None if measured is None else measured["mae"]
+    fields["hits"] = prop.target_hits(gap, (doc.get("ml") or {}).get("e_above_hull"), doc.get("targets") or {},
+                                      prop.hit_tolerance(spec["property"], mae), spec["ml"]["stability_threshold"],
+                                      model_error=mae, source="dft_lite")
+    store.set_dft_lite([(candidate_id, fields)])
+    return {"status": fields["status"], "reason": fields["reason"], "band_gap": gap,
+            "seconds": result.get("seconds"), "pw_seconds": result.get("pw_seconds")}
+
+
 def run_promotion(store: ResultsStore, campaign: str) -> dict:
     """Promote the best ML-done candidates of a campaign to DFT (rules: spec ``promotion``); idempotent.
 
@@ -474,9 +558,14 @@ def run_promotion(store: ResultsStore, campaign: str) -> dict:
                 checked[key] = (False, f"no DFT reference phases: {exc}")
         return checked[key]
 
+    waiting = dft_lite_pending(store, campaign)
+    if waiting:  # the target hits promotion acts on are DFT-lite gaps: not all computed yet
+        return {"considered": 0, "eligible": 0, "chosen": 0, "not_eligible": {}, "promoted": [],
+                "waiting_dft_lite": waiting}
+    rules = {**spec["promotion"], "band_gap_source": spec["property"]["method"]}
     owner = store.acquire_lock(f"promote:{campaign}", lease_s=120, wait_s=300)
     try:
-        choices, summary = promotion.select(store.ml_done_for_promotion(campaign), spec["promotion"],
+        choices, summary = promotion.select(store.ml_done_for_promotion(campaign), rules,
                                             store.promoted_per_condition(campaign), references_ok=references_ok)
         promoted = []
         for choice in choices:

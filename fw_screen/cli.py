@@ -214,13 +214,17 @@ def format_report(report: dict) -> str:
         lines += [f"  ML: pending {f['pending_ml']}, done {f['ml_done']}, no reference {f['no_reference']}, "
                   f"failed {f['ml_failed']}; stable (e_hull <= {report['stability_threshold']} eV/atom) {y['vsun']}",
                   f"  yields: V {pct(y['V'])}, VU {pct(y['VU'])}, VUN {pct(y['VUN'])}, VSUN {pct(y['VSUN'])}; "
-                  f"band-gap target hit {pct(y['band_gap_hit_among_valid_evaluated'])} of "
+                  f"ML band-gap target hit {pct(y['band_gap_hit_among_valid_evaluated'])} of "
                   f"{y['valid_band_gap_evaluated']} predicted, {pct(y['band_gap_hit_among_vsun'])} of VSUN"]
         lines.append(f"  {'target band gap (eV)':>22} {'inputs':>7} {'V':>6} {'VUN':>6} {'VSUN':>6} {'hit':>6} {'hit|VSUN':>8}")
         for r in report["by_condition"]:
             lines.append(f"  {r['condition']!s:>22} {r['n']:>7} {pct(r['V']):>6} {pct(r['VUN']):>6} "
                          f"{pct(r['VSUN']):>6} {pct(r['band_gap_hit_among_valid_evaluated']):>6} "
                          f"{pct(r['band_gap_hit_among_vsun']):>8}")
+    lite = report.get("dft_lite") or {}
+    if len(lite) > 1:
+        lines.append("  DFT-lite band gaps: " + ", ".join(f"{k} {lite[k]}" for k in ("done", "queued", "failed", "skipped")
+                                                         if lite.get(k)) + f"; target hit {lite['hit']}")
     d = report.get("dft") or {}
     if d:
         lines.append(f"  DFT: promoted {d['promoted']}, pending {d['pending']}, done {d['done']}, failed {d['failed']}; "
@@ -233,16 +237,32 @@ def format_report(report: dict) -> str:
 
 
 def format_top(rows: list[dict]) -> str:
-    lines = [f"  {'candidate':<30} {'formula':<14} {'sg':<10} {'E_hull':>8} {'gap':>6} {'target':>7} hit"]
+    lines = [f"  {'candidate':<30} {'formula':<14} {'sg':<10} {'E_hull':>8} {'ML gap':>12} {'lite gap':>8} "
+             f"{'target':>7} hit"]
     for d in rows:
-        ml = d["ml"]
+        ml, lite = d["ml"], d.get("dft_lite") or {}
         hit = ml.get("hits", {}).get("band_gap", {})
+        if lite.get("status") == "done":
+            hit = (lite.get("hits") or {}).get("band_gap") or hit
         target = hit.get("target")
-        gap = (ml.get("band_gap") or {}).get("band_gap")
         lines.append(f"  {d['_id']:<30} {d['reduced_formula']:<14} {d.get('spacegroup') or '-':<10} "
-                     f"{ml['e_above_hull']:>8.3f} {'-' if gap is None else f'{gap:.2f}':>6} "
-                     f"{'-' if target is None else f'{target:.2f}':>7} {hit.get('hit')}")
+                     f"{ml['e_above_hull']:>8.3f} {format_ml_gap(ml.get('band_gap')):>12} "
+                     f"{_gap(lite.get('band_gap')):>8} {'-' if target is None else f'{target:.2f}':>7} "
+                     f"{hit.get('hit')}" + (f" ({hit.get('source')})" if hit.get("source") else ""))
     return "\n".join(lines)
+
+
+def _gap(band_gap: dict | None) -> str:
+    gap = (band_gap or {}).get("band_gap")
+    return "-" if gap is None else f"{gap:.2f}"
+
+
+def format_ml_gap(band_gap: dict | None) -> str:
+    """An ML band gap with the model's measured error: ``1.23±0.83`` (eV), ``1.23±?`` when never measured."""
+    if not band_gap or band_gap.get("band_gap") is None:
+        return "-"
+    err = band_gap.get("model_error")
+    return f"{band_gap['band_gap']:.2f}±{'?' if err is None else f'{err:.2f}'}"
 
 
 def format_dft(rows: list[dict]) -> str:
@@ -250,7 +270,7 @@ def format_dft(rows: list[dict]) -> str:
         return "-" if x is None else format(x, fmt)
 
     lines = [f"  {'candidate':<30} {'formula':<10} {'status':<10} {'ML e_hull':>9} {'DFT e_hull':>10} "
-             f"{'ML gap':>6} {'DFT gap':>7} {'target':>6}  note"]
+             f"{'ML gap':>10} {'lite gap':>8} {'DFT gap':>7} {'target':>6}  note"]
     for d in rows:
         ml, dft = d.get("ml") or {}, d.get("dft") or {}
         gap = (dft.get("band_gap") or {}).get("band_gap")
@@ -258,7 +278,8 @@ def format_dft(rows: list[dict]) -> str:
             "hull waits for references" if dft.get("hull_status") == "waiting" else "")
         lines.append(f"  {d['_id']:<30} {d.get('reduced_formula', '-'):<10} {d['status']:<10} "
                      f"{num(ml.get('e_above_hull'), '9.3f'):>9} {num(dft.get('e_above_hull'), '10.3f'):>10} "
-                     f"{num((ml.get('band_gap') or {}).get('band_gap'), '6.2f'):>6} {num(gap, '7.2f'):>7} "
+                     f"{format_ml_gap(ml.get('band_gap')):>10} {_gap(d.get('dft_lite', {}).get('band_gap')):>8} "
+                     f"{num(gap, '7.2f'):>7} "
                      f"{num(((d.get('targets') or {}).get('band_gap') or {}).get('value'), '6.2f'):>6}  {note[:60]}")
     return "\n".join(lines)
 
@@ -268,6 +289,13 @@ def cmd_promote(args) -> int:
 
     lp_file = resolve_launchpad(args.launchpad, args.home)
     summary = promote(_launchpad(lp_file), _store(lp_file), args.campaign)
+    if summary.get("dft_lite_fireworks"):
+        print(f"campaign {args.campaign}: DFT-lite band-gap Fireworks added: {summary['dft_lite_fireworks']} "
+              f"(property.method dft_lite; category dft)")
+    if summary.get("waiting_dft_lite"):
+        print(f"campaign {args.campaign}: promotion waits for {summary['waiting_dft_lite']} DFT-lite band gaps "
+              f"(run a dft worker; the last one promotes, or run fw-screen promote again)")
+        return 0
     print(f"campaign {args.campaign}: {summary['considered']} ML-done candidates considered, {summary['eligible']} "
           f"eligible, {len(summary['promoted'])} promoted now; DFT Fireworks added: {summary['dft_fireworks']}")
     if summary["not_eligible"]:
@@ -403,8 +431,9 @@ def cmd_compare(args) -> int:
         return 0
     print(format_agreement(result))
     if result["rows"]:
-        cols = ["id", "formula", "ml_e_above_hull", "dft_e_above_hull", "ml_band_gap", "dft_band_gap", "condition",
-                "ml_band_gap_hit", "dft_band_gap_hit", "status"]
+        cols = ["id", "formula", "ml_e_above_hull", "dft_e_above_hull", "ml_band_gap", "ml_band_gap_error",
+                "dft_lite_band_gap", "dft_band_gap", "condition", "ml_band_gap_hit", "dft_lite_band_gap_hit",
+                "dft_band_gap_hit", "status"]
         print(format_table(result["rows"], "markdown", cols))
     return 0
 

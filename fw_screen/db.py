@@ -125,7 +125,9 @@ class ResultsStore:
         doc = self.campaigns.find_one({"_id": name}, {"spec": 1})
         if doc is None:
             raise StoreError(f"unknown campaign {name!r}")
-        return doc["spec"]
+        from fw_screen.spec import upgrade
+
+        return upgrade(doc["spec"])
 
     def campaign_names(self) -> list[str]:
         return sorted(d["_id"] for d in self.campaigns.find({}, {"_id": 1}))
@@ -212,7 +214,9 @@ class ResultsStore:
     def top_candidates(self, campaign: str, n: int = 10) -> list[dict]:
         """The ``n`` ML-done candidates lowest above the hull (an indexed sort would want ml.e_above_hull)."""
         fields = {"reduced_formula": 1, "spacegroup": 1, "nsites": 1, "ml.e_above_hull": 1,
-                  "ml.band_gap.band_gap": 1, "ml.hits.band_gap": 1, "ml.hull.decomposition": 1}
+                  "ml.band_gap.band_gap": 1, "ml.band_gap.model_error": 1, "ml.hits.band_gap": 1,
+                  "ml.hull.decomposition": 1, "dft_lite.status": 1, "dft_lite.band_gap.band_gap": 1,
+                  "dft_lite.hits.band_gap": 1}
         return list(self.candidates.find({"campaign": campaign, "status": {"$in": list(st.ML_DONE_OR_LATER)}}, fields)
                     .sort("ml.e_above_hull", ASCENDING).limit(n))
 
@@ -579,8 +583,60 @@ class ResultsStore:
     def ml_done_for_promotion(self, campaign: str) -> list[dict]:
         """ML-done candidates of a campaign with what promotion needs to decide."""
         fields = {"ml.e_above_hull": 1, "ml.relax.status": 1, "ml.hits": 1, "ml.band_gap.band_gap": 1,
-                  "ml.structure_relaxed.sites.label": 1, "nsites": 1, "targets": 1, "elements": 1}
+                  "ml.structure_relaxed.sites.label": 1, "nsites": 1, "targets": 1, "elements": 1,
+                  "dft_lite.status": 1, "dft_lite.reason": 1, "dft_lite.band_gap.band_gap": 1, "dft_lite.hits": 1}
         return list(self.candidates.find({"campaign": campaign, "status": st.ML_DONE}, fields))
+
+    # ------------------------------------------------------------------------------------ DFT-lite tier
+    def dft_lite_waiting(self, campaign: str, max_e_above_hull: float) -> list[dict]:
+        """ML-done candidates of a campaign, ML-stable (``ml.e_above_hull`` at most ``max_e_above_hull``),
+        that have no DFT-lite result yet: ``_id``, ``targets``, ``ml.structure_relaxed``, ``ml.e_above_hull``."""
+        return list(self.candidates.find(
+            {"campaign": campaign, "status": st.ML_DONE, "ml.e_above_hull": {"$lte": max_e_above_hull},
+             "dft_lite.status": {"$exists": False}},
+            {"targets": 1, "ml.structure_relaxed": 1, "ml.e_above_hull": 1, "seq": 1}).sort("seq", ASCENDING))
+
+    def dft_lite_candidate(self, candidate_id: str) -> dict | None:
+        """What a DFT-lite Firework needs of one candidate (None if it is gone)."""
+        return self.candidates.find_one({"_id": candidate_id}, {
+            "campaign": 1, "status": 1, "elements": 1, "targets": 1, "ml.structure_relaxed": 1,
+            "ml.e_above_hull": 1, "dft_lite.status": 1})
+
+    def set_dft_lite(self, results: list[tuple[str, dict]]) -> int:
+        """Store DFT-lite results (``dft_lite`` subdocument) of ML-done candidates; returns how many landed
+        (a candidate that has moved past ``ml_done`` in the meantime keeps what it has)."""
+        n = 0
+        for candidate_id, fields in results:
+            n += self.candidates.update_one({"_id": candidate_id, "status": st.ML_DONE},
+                                            {"$set": {"dft_lite": fields}}).modified_count
+        return n
+
+    def dft_lite_queued(self, campaign: str) -> list[str]:
+        """Ids of the campaign's ML-done candidates whose DFT-lite band gap is queued, in input order."""
+        return [d["_id"] for d in self.candidates.find(
+            {"campaign": campaign, "status": st.ML_DONE, "dft_lite.status": "queued"}, {"_id": 1}).sort("seq", ASCENDING)]
+
+    def dft_lite_summary(self, campaign: str) -> dict:
+        """{status: n} of the campaign's DFT-lite band gaps, plus ``hit``: how many hit their target."""
+        pipeline = [{"$match": {"campaign": campaign, "dft_lite.status": {"$exists": True}}},
+                    {"$group": {"_id": "$dft_lite.status", "n": {"$sum": 1},
+                                "hit": {"$sum": {"$cond": [{"$eq": ["$dft_lite.hits.band_gap.hit", True]}, 1, 0]}}}}]
+        out = {"hit": 0}
+        for d in self.candidates.aggregate(pipeline):
+            out[d["_id"]] = d["n"]
+            out["hit"] += d["hit"]
+        return out
+
+    def set_dft_lite_if_absent(self, results: list[tuple[str, dict]]) -> list[str]:
+        """Store ``dft_lite`` on ML-done candidates that have none yet; returns the ids that took it (of two
+        workers planning the same candidates, each candidate goes to one)."""
+        won = []
+        for candidate_id, fields in results:
+            if self.candidates.update_one({"_id": candidate_id, "status": st.ML_DONE,
+                                           "dft_lite.status": {"$exists": False}},
+                                          {"$set": {"dft_lite": fields}}).modified_count:
+                won.append(candidate_id)
+        return won
 
     def promoted_per_condition(self, campaign: str) -> dict:
         """{str(band-gap target): n} of candidates promoted in earlier rounds."""
@@ -610,6 +666,7 @@ class ResultsStore:
     def dft_candidates(self, campaign: str) -> list[dict]:
         """Promoted candidates with their ML and DFT numbers, lowest DFT e_above_hull first."""
         fields = {"reduced_formula": 1, "status": 1, "ml.e_above_hull": 1, "ml.band_gap.band_gap": 1,
+                  "ml.band_gap.model_error": 1, "dft_lite.band_gap.band_gap": 1,
                   "targets.band_gap.value": 1, "promotion.reason": 1, "dft.e_above_hull": 1,
                   "dft.band_gap": 1, "dft.hull_status": 1, "dft.hull_reason": 1, "dft.reason": 1,
                   "dft.hits.band_gap.hit": 1, "dft.decomposition": 1, "dft.structure_relaxed.sites.label": 1}
@@ -757,7 +814,7 @@ HULL_TABLE_SORT_FIELDS = {
     "chemsys": "chemsys", "status": "status", "condition": "targets.band_gap.value",
     "ml_e_above_hull": "ml.e_above_hull", "ml_e_above_hull_unrelaxed": "ml.e_above_hull_unrelaxed",
     "dft_e_above_hull": "dft.e_above_hull", "ml_band_gap": "ml.band_gap.band_gap",
-    "dft_band_gap": "dft.band_gap.band_gap", "seq": "seq",
+    "dft_lite_band_gap": "dft_lite.band_gap.band_gap", "dft_band_gap": "dft.band_gap.band_gap", "seq": "seq",
 }
 
 #: the hull-distance table's columns, computed by the database (``$project`` of one aggregation)
@@ -769,7 +826,9 @@ HULL_TABLE_PROJECTION = {
     "novel": {"$in": ["$status", list(st.NOVEL_OR_LATER)]},
     "ml_e_above_hull": "$ml.e_above_hull", "ml_e_above_hull_unrelaxed": "$ml.e_above_hull_unrelaxed",
     "ml_decomposition": _join_formulas("$ml.hull.decomposition"), "ml_stable": "$ml.stable",
-    "ml_band_gap": "$ml.band_gap.band_gap", "ml_band_gap_hit": "$ml.hits.band_gap.hit",
+    "ml_band_gap": "$ml.band_gap.band_gap", "ml_band_gap_error": "$ml.band_gap.model_error",
+    "ml_band_gap_hit": "$ml.hits.band_gap.hit",
+    "dft_lite_band_gap": "$dft_lite.band_gap.band_gap", "dft_lite_band_gap_hit": "$dft_lite.hits.band_gap.hit",
     "dft_e_above_hull": "$dft.e_above_hull", "dft_decomposition": _join_formulas("$dft.decomposition"),
     "dft_stable": "$dft.stable", "dft_band_gap": "$dft.band_gap.band_gap",
     "dft_band_gap_hit": "$dft.hits.band_gap.hit",

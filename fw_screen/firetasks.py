@@ -99,17 +99,19 @@ class StabilityTask(FiretaskBase):
         torch.set_num_threads(int(os.environ.get("FW_SCREEN_TORCH_THREADS", "1")))
         store = _store(self, fw_spec)
         counts = campaign.run_stability(store, self["campaign"], self["ml_batch"])
-        additions = None
-        spec = store.campaign_spec(self["campaign"])
-        if spec["promotion"]["auto"] and campaign.ml_stage_finished(store, self["campaign"]):
-            # the last ML batch of a campaign promotes its best candidates and adds their DFT Fireworks
-            from fw_screen.workflows import dft_workflow
+        return FWAction(stored_data=counts, additions=_after_ml_stage(self, store, counts))
 
-            promoted = campaign.run_promotion(store, self["campaign"])
-            counts["promoted"] = len(promoted["promoted"])
-            wf = dft_workflow(store, promoted["promoted"], db_file=self.get("db_file"))
-            additions = [wf] if wf else None
-        return FWAction(stored_data=counts, additions=additions)
+
+def _after_ml_stage(task: FiretaskBase, store: ResultsStore, counts: dict) -> list | None:
+    """The last ML (or DFT-lite) Firework of a campaign adds what comes next (:func:`fw_screen.workflows.after_ml_stage`)."""
+    spec = store.campaign_spec(task["campaign"])
+    if not (spec["promotion"]["auto"] and campaign.ml_stage_finished(store, task["campaign"])):
+        return None
+    from fw_screen.workflows import after_ml_stage
+
+    wfs, info = after_ml_stage(store, task["campaign"], db_file=task.get("db_file"))
+    counts.update(info)
+    return wfs or None
 
 
 def _dft_env(fw_spec: dict) -> dict:
@@ -144,6 +146,25 @@ class QECandidateTask(FiretaskBase):
         if out["status"] == "checkpoint":
             return _continuation(self, fw_spec, out["checkpoint"])
         return FWAction(stored_data=out)
+
+
+@explicit_serialize
+class DFTLiteTask(FiretaskBase):
+    """The DFT-lite band gap (QE scf + nscf at the ML-relaxed structure) of one ML-stable candidate."""
+
+    required_params = ["candidate", "campaign"]
+    optional_params = ["db_file", "checkpoint"]
+
+    def run_task(self, fw_spec):
+        store = _store(self, fw_spec)
+        out = campaign.run_dft_lite(store, self["candidate"], os.getcwd(), _dft_env(fw_spec),
+                                    checkpoint=self.get("checkpoint"))
+        if out["status"] == "checkpoint":
+            return _continuation(self, fw_spec, out["checkpoint"])
+        additions = None
+        if campaign.dft_lite_pending(store, self["campaign"]) == 0:
+            additions = _after_ml_stage(self, store, out)
+        return FWAction(stored_data=out, additions=additions)
 
 
 @explicit_serialize

@@ -1,8 +1,9 @@
 """Promotion: which ML survivors are worth DFT (pure functions: candidate documents in, choices out).
 
 Rules come from the spec's ``promotion`` section.  A candidate is eligible when its ML relaxation
-converged, its ML energy above hull (relaxed) is at most ``max_e_above_hull``, its ML band gap hits the
-generator's target (when it was given one and ``require_target_hit``), its relaxed cell has at most
+converged, its ML energy above hull (relaxed) is at most ``max_e_above_hull``, its band gap hits the
+generator's target (when it was given one and ``require_target_hit``; the gap is the DFT-lite one when the
+rules' ``band_gap_source`` is ``dft_lite``, i.e. ``property.method: dft_lite``, else the ML one), its relaxed cell has at most
 ``max_sites`` sites, and its chemical system has reference entries (``no_reference`` candidates never
 reach ``ml_done``).  Eligible candidates are ranked by ML e_above_hull within their band-gap condition;
 at most ``max_per_condition`` per condition and ``max_total`` per campaign are chosen (both counting those
@@ -35,11 +36,23 @@ def check(doc: dict, rules: dict) -> tuple[bool, list[str]]:
     if rules["require_converged"]:
         status = (ml.get("relax") or {}).get("status")
         (passed if status == "converged" else failed).append(f"ML relaxation {status}")
-    hit = ((ml.get("hits") or {}).get("band_gap") or {})
     if rules["require_target_hit"] and _condition(doc) is not None:
-        gap = (ml.get("band_gap") or {}).get("band_gap")
-        words = f"ML band gap {gap if gap is None else round(gap, 2)} eV vs target {_condition(doc)} eV"
-        (passed if hit.get("hit") is True else failed).append(words + (" (hit)" if hit.get("hit") else " (miss)"))
+        if rules.get("band_gap_source") == "dft_lite":
+            lite = doc.get("dft_lite") or {}
+            if lite.get("status") != "done":
+                failed.append(f"no DFT-lite band gap ({lite.get('status') or 'not computed'}"
+                              + (f": {lite['reason']}" if lite.get("reason") else "") + ")")
+            else:
+                hit = (lite.get("hits") or {}).get("band_gap") or {}
+                gap = (lite.get("band_gap") or {}).get("band_gap")
+                words = f"DFT-lite band gap {gap if gap is None else round(gap, 2)} eV vs target {_condition(doc)} eV"
+                (passed if hit.get("hit") is True else failed).append(
+                    words + (" (hit)" if hit.get("hit") else " (miss)"))
+        else:
+            hit = ((ml.get("hits") or {}).get("band_gap") or {})
+            gap = (ml.get("band_gap") or {}).get("band_gap")
+            words = f"ML band gap {gap if gap is None else round(gap, 2)} eV vs target {_condition(doc)} eV"
+            (passed if hit.get("hit") is True else failed).append(words + (" (hit)" if hit.get("hit") else " (miss)"))
     n = _sites(doc)
     if n is None or n > rules["max_sites"]:
         failed.append(f"{n} sites > {rules['max_sites']}")

@@ -27,6 +27,7 @@ should call ``torch.set_num_threads(1)`` in each: with the cores busy, two threa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
@@ -179,13 +180,16 @@ def _state_types(module) -> int | None:
     return None
 
 
-def load_matgl_band_gap_model(path: str | Path, fidelity: int | None = 0,
-                              name: str | None = None) -> MatglBandGapModel:
+def load_matgl_band_gap_model(path: str | Path, fidelity: int | None = 0, name: str | None = None,
+                              dgl_aggregation: bool | None = None) -> MatglBandGapModel:
     """Load a matgl model folder (``model.json``, ``model.pt``, ``state.pt``) from disk only.
 
     Never downloads: matgl would try the Hugging Face Hub for a missing ``owner/name`` path, so the folder is
     checked here first.  ``fidelity`` is the state index of a multi-fidelity model (ignored, stored as None,
-    for a model without state).  The torch module is cached per folder.
+    for a model without state).  ``dgl_aggregation``: restore the DGL-era edge aggregation
+    (:func:`use_dgl_edge_aggregation`); None (default) does so for the known DGL-era checkpoints
+    (:func:`is_dgl_era_megnet`), False loads the checkpoint as stock matgl does (for comparisons).  The torch
+    module is cached per folder and aggregation.
     """
     folder = Path(path).expanduser()
     label = name or str(path)
@@ -194,7 +198,9 @@ def load_matgl_band_gap_model(path: str | Path, fidelity: int | None = 0,
         what = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
         raise PropertyError(f"{MODEL_SETTING}: no matgl model folder at '{folder}' ({what}; a model folder holds "
                             f"{', '.join(MATGL_FILES)})")
-    key = str(folder.resolve())
+    if dgl_aggregation is None:
+        dgl_aggregation = is_dgl_era_megnet(folder)
+    key = f"{folder.resolve()}|dgl={bool(dgl_aggregation)}"
     with _LOCK:
         module = _MATGL_MODULES.get(key)
         if module is None:
@@ -209,7 +215,7 @@ def load_matgl_band_gap_model(path: str | Path, fidelity: int | None = 0,
                     warnings.filterwarnings("ignore", message=".*[Ii]ncompatible model version.*")
                     module = matgl.load_model(folder)
                 module.eval()
-                if is_dgl_era_megnet(folder):
+                if dgl_aggregation:
                     use_dgl_edge_aggregation(module)
             except Exception as exc:
                 cause = exc.__cause__ or exc
@@ -291,9 +297,46 @@ def load_band_gap_model(name_or_path: str | Path, fidelity: int | None = 0):
         return model
 
 
+# ------------------------------------------------------------------------------- measured model error
+#: the band-gap models' errors against the DFT truth set (``tests/data/band_gap_truth``), written by
+#: ``benchmarks/bench_band_gap.py --write``: {"<name>@<fidelity>": {"mae", "mean_signed_error", "n", ...}}
+MODEL_ERRORS_FILE = MODELS_DIR / "band_gap_errors.json"
+
+
+def model_key(name: str, fidelity: int | None) -> str:
+    """The key of a model in :data:`MODEL_ERRORS_FILE`: ``megnet-mfi@0``; ``dft_lite`` for the DFT-lite tier."""
+    return name if fidelity is None else f"{name}@{fidelity}"
+
+
+@functools.lru_cache(maxsize=1)
+def _model_errors() -> dict:
+    import json
+
+    if not MODEL_ERRORS_FILE.is_file():
+        return {}
+    return json.loads(MODEL_ERRORS_FILE.read_text()).get("models", {})
+
+
+def model_error(name: str, fidelity: int | None = None) -> dict | None:
+    """The measured error of a band-gap model against the DFT truth set (``mae``, ``mean_signed_error``,
+    ``n``, ``by_class``, ``hit_agreement``, ``truth_set``), or None when it was never measured (a model
+    folder of the user's: its predictions are shown as unmeasured)."""
+    return _model_errors().get(model_key(name, fidelity))
+
+
+def hit_tolerance(pcfg: dict, mae: float | None) -> float:
+    """The band-gap tolerance of a target hit: ``property.band_gap_tolerance``, widened by the model's
+    measured MAE when ``property.widen_tolerance_by_model_error`` is true (and the model was measured)."""
+    tol = float(pcfg["band_gap_tolerance"])
+    if pcfg.get("widen_tolerance_by_model_error") and mae is not None:
+        tol += float(mae)
+    return tol
+
+
 # ---------------------------------------------------------------------------------------- prediction
 def predict_band_gap(structure, model) -> dict:
-    """``{"band_gap": eV clipped at 0, "band_gap_raw": eV, "model": name, "fidelity": state or None}``.
+    """``{"band_gap": eV clipped at 0, "band_gap_raw": eV, "model": name, "fidelity": state or None,
+    "model_error": MAE in eV against the DFT truth set or None (:func:`model_error`)}``.
 
     ``model`` is a loaded model or a name/path for :func:`load_band_gap_model` (fidelity 0).  Raises
     :class:`PropertyError` when the model cannot predict for this structure (unknown element, partial
@@ -304,8 +347,11 @@ def predict_band_gap(structure, model) -> dict:
     raw = float(model.predict(structure))
     if not math.isfinite(raw):
         raise PropertyError(f"band-gap model {getattr(model, 'name', model)!r} returned {raw}")
-    return {"band_gap": max(raw, 0.0), "band_gap_raw": raw, "model": str(getattr(model, "name", type(model).__name__)),
-            "fidelity": getattr(model, "fidelity", None)}
+    name = str(getattr(model, "name", type(model).__name__))
+    fidelity = getattr(model, "fidelity", None)
+    measured = model_error(name, fidelity)
+    return {"band_gap": max(raw, 0.0), "band_gap_raw": raw, "model": name, "fidelity": fidelity,
+            "model_error": None if measured is None else measured["mae"]}
 
 
 # ------------------------------------------------------------------------------------------- targets
@@ -336,7 +382,8 @@ def _target_value(targets: dict | None, name: str) -> tuple[float | None, str | 
 
 
 def target_hits(band_gap: float | None, e_above_hull: float | None, targets: dict | None,
-                tolerance: float = 0.5, stability_threshold: float = 0.1) -> dict:
+                tolerance: float = 0.5, stability_threshold: float = 0.1, model_error: float | None = None,
+                source: str | None = None) -> dict:
     """Does the candidate meet its targets?
 
     Returns ``{"band_gap": {"target", "predicted", "error", "tolerance", "hit"[, "reason"]},
@@ -348,10 +395,13 @@ def target_hits(band_gap: float | None, e_above_hull: float | None, targets: dic
     * stability: ``hit = e_above_hull <= stability_threshold`` (eV/atom); ``target`` is the generator's hull
       target (CrystaLLM-pi asks for 0.0), reported only.
     * a missing target or prediction gives ``hit: None`` and a ``reason``; nothing is guessed.
+    * ``model_error`` (the predictor's measured MAE, eV) and ``source`` (``ml`` / ``dft_lite`` / ``dft``) are
+      recorded next to the verdict; ``tolerance`` is the one applied (see :func:`hit_tolerance`).
     """
     t, t_reason = _target_value(targets, "band_gap")
     p = _number(band_gap)
-    gap: dict = {"target": t, "predicted": p, "error": None, "tolerance": tolerance, "hit": None}
+    gap: dict = {"target": t, "predicted": p, "error": None, "tolerance": tolerance, "hit": None,
+                 "model_error": model_error, "source": source}
     reasons = [t_reason] if t_reason else []
     if p is None:
         reasons.append("no band-gap prediction")

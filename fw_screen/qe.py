@@ -656,11 +656,13 @@ def _run_step(structure, proto, s, calculation, *, kind, workdir: Path, prefix, 
 
 
 def run_chain(structure, protocol: dict, settings: dict, workdir, *, kind: str = "crystal",
-              checkpoint: dict | None = None, walltime_s: float | None = None, with_band_gap: bool = True) -> dict:
+              checkpoint: dict | None = None, walltime_s: float | None = None, with_band_gap: bool = True,
+              relax: bool = True) -> dict:
     """Relax and compute one structure with pw.x (see the module doc and the result keys below).
 
     kind="crystal": vc-relax -> scf on the relaxed cell -> nscf (``nscf_kppa`` uniform mesh) -> band gap;
-    ``with_band_gap=False`` (hull reference phases) stops after the scf.
+    ``with_band_gap=False`` (hull reference phases) stops after the scf; ``relax=False`` (the DFT-lite
+    property tier, :mod:`fw_screen.dft_lite`) skips the vc-relax: scf -> nscf on the structure as given.
     kind="molecule": relax -> scf at Gamma, spin-polarised, fixed cell (a pymatgen Molecule is put in a
     cubic box of ``molecule_box`` Angstrom; a Structure is used as given, see :func:`fw_screen.dft.molecule_in_box`).
     The energy is the scf's, else the last '!' energy of the (vc-)relax.  With ``walltime_s`` (default: the
@@ -736,8 +738,10 @@ def run_chain(structure, protocol: dict, settings: dict, workdir, *, kind: str =
         if bad:
             return finish("failed", f"pseudopotential for {', '.join(bad)} in {folder}")
 
-        steps = (["vc-relax", "scf", "nscf"] if with_band_gap else ["vc-relax", "scf"]) if kind == "crystal" else [
-            "relax", "scf"]
+        if kind == "crystal":
+            steps = (["vc-relax"] if relax else []) + (["scf", "nscf"] if with_band_gap else ["scf"])
+        else:
+            steps = ["relax", "scf"]
         done = [st["calculation"] for st in result["steps"]]
         todo = [c for c in steps if c not in done]
         if "nscf" in todo and "scf" in done:

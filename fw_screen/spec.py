@@ -32,6 +32,10 @@ class SpecError(ValueError):
     """A campaign spec field is missing, unknown or out of range."""
 
 
+#: ``property.method``: where the target-hit verdict that promotion uses comes from
+PROPERTY_METHODS = ("ml", "dft_lite")
+
+
 def _default_path() -> Path:
     return Path(str(resources.files("fw_screen").joinpath("default_spec.yaml")))
 
@@ -130,6 +134,14 @@ def validate(spec: dict) -> dict:
         raise SpecError("property.band_gap_model: expected a model name or a folder path")
     _number(spec, "property.band_gap_fidelity", 0, integer=True)
     _number(spec, "property.band_gap_tolerance", 0)
+    prop = spec["property"]
+    if prop["method"] not in PROPERTY_METHODS:
+        raise SpecError(f"property.method: expected one of {', '.join(PROPERTY_METHODS)}, got {prop['method']!r}")
+    if not isinstance(prop["widen_tolerance_by_model_error"], bool):
+        raise SpecError("property.widen_tolerance_by_model_error: expected true or false, got "
+                        f"{prop['widen_tolerance_by_model_error']!r}")
+    for key in ("dft_lite_kppa", "dft_lite_nscf_kppa", "dft_lite_max_sites"):
+        _number(spec, f"property.{key}", 1, integer=True)
     pro = spec["promotion"]
     for key in ("auto", "require_target_hit", "require_converged"):
         if not isinstance(pro[key], bool):
@@ -161,6 +173,21 @@ def validate(spec: dict) -> dict:
     for key in ("category_cheap", "category_ml", "category_dft"):
         if not isinstance(spec["fireworks"][key], str):
             raise SpecError(f"fireworks.{key}: expected a category name")
+    return spec
+
+
+#: settings added after campaigns were first stored: the value that reproduces what such a campaign did
+#: (before the DFT-lite tier, promotion's target hit was the ML gap's)
+ADDED_SETTINGS = {"property": {"method": "ml", "widen_tolerance_by_model_error": False, "dft_lite_kppa": 500,
+                               "dft_lite_nscf_kppa": 1000, "dft_lite_max_sites": 8}}
+
+
+def upgrade(spec: dict) -> dict:
+    """A stored campaign spec with the settings added since it was written (:data:`ADDED_SETTINGS`)."""
+    for section, values in ADDED_SETTINGS.items():
+        if isinstance(spec.get(section), dict):
+            for key, value in values.items():
+                spec[section].setdefault(key, value)
     return spec
 
 

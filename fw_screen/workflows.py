@@ -4,7 +4,9 @@ A submission of N candidates becomes ceil(N / batch_size) validity Fireworks (ca
 parents of ``dedup_shards`` uniqueness Fireworks; each uniqueness Firework adds, when it has decided, one
 stability Firework (category ``ml``) per ``ml.batch_size`` novel candidates; the last stability Firework
 of a campaign promotes its best candidates and adds their DFT workflow (category ``dft``): one Firework
-per distinct reference phase (higher priority) and one per promoted candidate.  Two ways in:
+per distinct reference phase (higher priority) and one per promoted candidate.  With ``property.method:
+dft_lite`` the last stability Firework first adds one DFT-lite Firework (category ``dft``) per ML-stable
+candidate, and the last of those promotes (:func:`after_ml_stage`).  Two ways in:
 
 * :func:`stage_workflow` after the CLI has ingested client-side (``fw-screen submit``);
 * :func:`ingest_workflow`, a one-Firework workflow that ingests on a worker and adds the stage Fireworks
@@ -17,8 +19,8 @@ from pathlib import Path
 
 from fireworks import Firework, Workflow
 
-from fw_screen.firetasks import (IngestTask, QECandidateTask, QEReferenceTask, StabilityTask, UniquenessTask,
-                                 ValidityTask)
+from fw_screen.firetasks import (DFTLiteTask, IngestTask, QECandidateTask, QEReferenceTask, StabilityTask,
+                                 UniquenessTask, ValidityTask)
 
 
 def _task_kwargs(db_file: str | None) -> dict:
@@ -146,13 +148,58 @@ def dft_workflow(store, candidate_ids: list[str], db_file: str | None = None) ->
                               "stage": "dft", "candidates": len(jobs["candidates"])})
 
 
+#: FireWorks priority of the DFT-lite band gaps: below the DFT chain's (they only decide what goes there)
+PRIORITY_DFT_LITE = 5
+
+
+def dft_lite_workflow(store, campaign: str, candidate_ids: list[str], db_file: str | None = None) -> Workflow | None:
+    """One DFT-lite Firework (category ``dft``) per candidate: a QE band gap at its ML-relaxed structure."""
+    if not candidate_ids:
+        return None
+    spec = store.campaign_spec(campaign)
+    kw = _task_kwargs(db_file)
+    fws = [Firework(DFTLiteTask(candidate=c, campaign=campaign, **kw), name=f"dft-lite band gap {c}",
+                    spec={"_category": spec["fireworks"]["category_dft"], "_priority": PRIORITY_DFT_LITE,
+                          "campaign": campaign, "stage": "dft_lite", "candidate": c})
+           for c in candidate_ids]
+    return Workflow(fws, name=f"fw-screen {campaign} DFT-lite band gaps",
+                    metadata={"campaign": campaign, "stage": "dft_lite", "candidates": len(fws)})
+
+
+def after_ml_stage(store, campaign: str, db_file: str | None = None) -> tuple[list[Workflow], dict]:
+    """What a campaign needs once its ML stage is done: with ``property.method: dft_lite`` the DFT-lite
+    Fireworks of its ML-stable candidates first; once every DFT-lite gap is in (or with method ``ml``), the
+    promotion and the DFT workflow of the promoted candidates.  Returns (workflows to add, counts)."""
+    from fw_screen.campaign import dft_lite_pending, plan_dft_lite, run_promotion
+
+    queued = plan_dft_lite(store, campaign)
+    if queued:
+        return [dft_lite_workflow(store, campaign, queued, db_file)], {"dft_lite_queued": len(queued)}
+    waiting = dft_lite_pending(store, campaign)
+    if waiting:
+        return [], {"waiting_dft_lite": waiting}
+    promoted = run_promotion(store, campaign)
+    wf = dft_workflow(store, promoted["promoted"], db_file=db_file)
+    return ([wf] if wf else []), {"promoted": len(promoted["promoted"])}
+
+
 def promote(launchpad, store, campaign: str, db_file: str | None = None) -> dict:
     """``fw-screen promote``: promote by the campaign's rules and add the DFT workflow to the LaunchPad.
 
-    Candidates promoted earlier that have no DFT Firework yet (an interrupted run) get one too."""
-    from fw_screen.campaign import run_promotion
+    Candidates promoted earlier that have no DFT Firework yet (an interrupted run) get one too.  With
+    ``property.method: dft_lite``, ML-stable candidates without a DFT-lite gap (or whose DFT-lite Firework
+    is gone) get their DFT-lite Fireworks first, and promotion waits for them."""
+    from fw_screen.campaign import plan_dft_lite, run_promotion
+    from fw_screen.db import stage_keys_with_fireworks
 
+    have = stage_keys_with_fireworks(launchpad, campaign, "dft_lite", "candidate")
+    lite = plan_dft_lite(store, campaign)
+    lite += [c for c in store.dft_lite_queued(campaign) if c not in have and c not in lite]
+    lite_wf = dft_lite_workflow(store, campaign, lite, db_file)
+    if lite_wf is not None:
+        launchpad.add_wf(lite_wf)
     summary = run_promotion(store, campaign)
+    summary["dft_lite_fireworks"] = len(lite)
     todo = promoted_without_dft_fireworks(launchpad, store, campaign)
     wf = dft_workflow(store, todo, db_file)
     if wf is not None:

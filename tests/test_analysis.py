@@ -48,8 +48,10 @@ def _ml_fields(rng: random.Random, doc: dict) -> dict:
                    "structure_relaxed": doc["structure"],
                    "hull": {"e_above_hull": e, "decomposition": [{"entry_id": "mp-1", "formula": "Li2O", "fraction": 0.6},
                                                                  {"entry_id": "mp-2", "formula": "CoO", "fraction": 0.4}]},
-                   "band_gap": {"band_gap": gap, "structure": "relaxed"},
-                   "hits": {"band_gap": {"hit": hit, "target": target, "predicted": gap}}}}
+                   "band_gap": {"band_gap": gap, "structure": "relaxed", "model_error": 0.83},
+                   "hits": {"band_gap": {"hit": hit, "target": target, "predicted": gap}}},
+            **({"dft_lite": {"status": "done", "band_gap": {"band_gap": round(gap / 2, 3)},
+                             "hits": {"band_gap": {"hit": not hit}}}} if e <= STABILITY else {})}
 
 
 def _dft_fields(rng: random.Random, doc: dict) -> dict:
@@ -125,6 +127,9 @@ def test_hull_table_has_one_row_per_candidate_with_its_numbers(campaign):
         assert r["ml_e_above_hull"] == _get(d, "ml.e_above_hull")
         assert r["dft_e_above_hull"] == _get(d, "dft.e_above_hull")
         assert r["ml_band_gap"] == _get(d, "ml.band_gap.band_gap")
+        assert r["ml_band_gap_error"] == _get(d, "ml.band_gap.model_error")
+        assert r["dft_lite_band_gap"] == _get(d, "dft_lite.band_gap.band_gap")
+        assert r["dft_lite_band_gap_hit"] == _get(d, "dft_lite.hits.band_gap.hit")
         assert r["condition"] == _get(d, "targets.band_gap.value")
         if d["status"] == st.INVALID:
             assert r["reason"] == d["validity"]["reason"]

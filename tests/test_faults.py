@@ -155,7 +155,8 @@ def _bcc_li() -> Structure:
 
 def _li_campaign(launchpad, launchpad_file, store, candidates_only: bool):
     spec = load_spec(campaign="kill", dft={"qe": {"kppa": 300, "nscf_kppa": 500},
-                                          "reference_polymorph_tolerance": 0.02})
+                                          "reference_polymorph_tolerance": 0.02},
+                     property={"method": "ml"})  # promotion on the ML hit: these tests are about the DFT chain
     store.register_campaign(spec)
     load_references(store, EXAMPLES / "mp_Li-Co-Ni-O.json.gz")
     store.candidates.insert_one(_ml_done("kill:li", "kill", _bcc_li()))

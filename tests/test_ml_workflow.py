@@ -22,10 +22,21 @@ def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpa
     assert ml_fws >= 1
     assert launch_workers(str(launchpad_file), fworker_file(tmp_path, launchpad_file, ["ml"]), 1,
                           tmp_path / "ml", sleep=1) == [0]
-    states = {fw["state"] for fw in launchpad.fireworks.find({"spec.stage": {"$nin": ["dft", "dft_reference"]}})}
+    states = {fw["state"] for fw in launchpad.fireworks.find({"spec.stage": {"$nin": ["dft", "dft_reference",
+                                                                                     "dft_lite"]}})}
     assert states == {"COMPLETED"}
-    # the last ML Firework promoted the best candidates (spec rules) and added their DFT Fireworks
+    # property.method dft_lite (the default): the last ML Firework added one DFT-lite Firework (category dft)
+    # per ML-stable candidate of at most dft_lite_max_sites, and promotion waits for their gaps
+    stable = [d for d in store.candidates.find({"campaign": "test", "status": st.ML_DONE})
+              if d["ml"]["e_above_hull"] <= spec["ml"]["stability_threshold"]]
+    assert stable, "the fixture should hold ML-stable candidates"
+    lite = {fw["spec"]["candidate"]: (fw["state"], fw["spec"]["_category"])
+            for fw in launchpad.fireworks.find({"spec.stage": "dft_lite"})}
+    assert lite == {d["_id"]: ("READY", "dft") for d in stable
+                    if len(d["ml"]["structure_relaxed"]["sites"]) <= spec["property"]["dft_lite_max_sites"]}
+    assert all(store.candidates.find_one({"_id": c})["dft_lite"]["status"] == "queued" for c in lite)
     promoted = list(store.candidates.find({"campaign": "test", "status": st.PROMOTED}))
+    assert promoted == []
     for d in promoted:
         assert d["ml"]["e_above_hull"] <= spec["promotion"]["max_e_above_hull"]
         assert d["ml"]["hits"]["band_gap"]["hit"] is True
@@ -35,7 +46,7 @@ def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpa
     assert dft_fws == {d["_id"]: "READY" for d in promoted}
     for d in store.candidates.find({"campaign": "test", "status": st.ML_DONE}):  # not promoted: a rule says why
         from fw_screen.promotion import check
-        assert not check(d, spec["promotion"])[0] or d["targets"]["band_gap"]["value"] in {
+        assert not check(d, {**spec["promotion"], "band_gap_source": "dft_lite"})[0] or d["targets"]["band_gap"]["value"] in {
             p["targets"]["band_gap"]["value"] for p in promoted}
 
     docs = {d["reduced_formula"]: d for d in store.candidates.find({"campaign": "test"})}

@@ -93,7 +93,7 @@ def test_a_folder_path_loads_the_same_model(model, no_network):
 # ------------------------------------------------------------------------------------ predictions
 def test_nacl_is_a_clear_insulator(model):
     result = predict_band_gap(rocksalt(), model)
-    assert set(result) == {"band_gap", "band_gap_raw", "model", "fidelity"}
+    assert set(result) == {"band_gap", "band_gap_raw", "model", "fidelity", "model_error"}
     assert result["model"] == "megnet-mfi" and result["fidelity"] == 0
     assert result["band_gap"] > 3          # 4.92 eV (MP's PBE gap of NaCl is ~5 eV)
     assert result["band_gap"] == result["band_gap_raw"]
@@ -244,7 +244,8 @@ def test_registered_model_is_used_and_negative_values_clipped():
         m = load_band_gap_model("constant-test")
         assert load_band_gap_model("constant-test") is m and calls == [0]
         assert predict_band_gap(rocksalt(), "constant-test") == {
-            "band_gap": 0.0, "band_gap_raw": -0.25, "model": "constant", "fidelity": None}
+            "band_gap": 0.0, "band_gap_raw": -0.25, "model": "constant", "fidelity": None,
+            "model_error": None}  # never measured against the DFT truth set
         register_band_gap_model("constant-test", lambda fidelity=0: Constant(1.5))   # replacing drops the cache
         assert predict_band_gap(rocksalt(), "constant-test")["band_gap"] == 1.5
     finally:
