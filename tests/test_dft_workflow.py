@@ -53,7 +53,8 @@ def ml_done_doc(cid: str, structure: Structure, e_hull: float, target: float, ga
 def dft_spec():
     return load_spec(campaign="dft", dft={"qe": {"kppa": 300, "nscf_kppa": 500, "molecule_box": 7.0},
                                           "reference_polymorph_tolerance": 0.02},
-                     promotion={"max_per_condition": 2})
+                     promotion={"max_per_condition": 2},
+                     property={"method": "ml"})  # the DFT chain on ML hits (tests/test_dft_lite.py: the DFT-lite tier)
 
 
 def _dft_fworker(tmp_path: Path, launchpad_file: Path) -> str:
@@ -180,7 +181,8 @@ def test_reference_claims_are_taken_once(store):
 def test_wall_time_continues_in_a_new_firework(launchpad, launchpad_file, store, tmp_path):
     """With dft.qe.walltime_s shorter than the chain, pw.x stops itself, the Firework completes with a
     checkpoint and adds a continuation Firework; the chain finishes there and the result lands once."""
-    spec = load_spec(campaign="wall", dft={"qe": {"kppa": 300, "nscf_kppa": 400, "walltime_s": 9}})
+    spec = load_spec(campaign="wall", dft={"qe": {"kppa": 300, "nscf_kppa": 400, "walltime_s": 9}},
+                     property={"method": "ml"})
     store.register_campaign(spec)
     al = Structure(Lattice([[0, 2.1, 2.1], [2.1, 0, 2.1], [2.1, 2.1, 0]]), ["Al"], [[0, 0, 0]])  # strained fcc
     doc = ml_done_doc("wall:al", al, 0.0, 0.07, 0.0)
