@@ -618,11 +618,16 @@ class ResultsStore:
 
     def dft_lite_summary(self, campaign: str) -> dict:
         """{status: n} of the campaign's DFT-lite band gaps, plus ``hit``: how many hit their target."""
-        pipeline = [{"$match": {"campaign": campaign, "dft_lite.status": {"$exists": True}}},
+        # (campaign, status) alone, so that its index serves the match: a DFT-lite gap exists from ml_done on;
+        # candidates without one group under None, dropped below
+        pipeline = [{"$match": {"campaign": campaign, "status": {"$in": [st.ML_DONE, st.PROMOTED, st.DFT_DONE,
+                                                                         st.DFT_FAILED]}}},
                     {"$group": {"_id": "$dft_lite.status", "n": {"$sum": 1},
                                 "hit": {"$sum": {"$cond": [{"$eq": ["$dft_lite.hits.band_gap.hit", True]}, 1, 0]}}}}]
         out = {"hit": 0}
         for d in self.candidates.aggregate(pipeline):
+            if d["_id"] is None:
+                continue
             out[d["_id"]] = d["n"]
             out["hit"] += d["hit"]
         return out
