@@ -215,6 +215,14 @@ def _classification(pairs: list[tuple[bool, bool]], label: str, selection_note: 
     return out
 
 
+def _errors(rows: list[dict], predicted: str, truth: str) -> dict:
+    """n, MAE, mean signed error and max |error| of column ``predicted`` against ``truth`` where both are numbers."""
+    errs = [r[predicted] - r[truth] for r in rows
+            if isinstance(r.get(predicted), (int, float)) and isinstance(r.get(truth), (int, float))]
+    return {"n": len(errs), "mae": _mean([abs(e) for e in errs]), "mean_error": _mean(errs),
+            "max_abs_error": max((abs(e) for e in errs), default=None)}
+
+
 def agreement(rows: list[dict], selection_note: str | None = None) -> dict:
     """ML-vs-DFT agreement over hull-table rows with DFT results.
 
@@ -222,16 +230,8 @@ def agreement(rows: list[dict], selection_note: str | None = None) -> dict:
     precision and recall of the ML flag taking DFT as truth, with a note when the selection makes recall
     uninformative (promotion sends ML-stable, ML-hit candidates to DFT).
     """
-    out: dict = {}
-    for key in ("e_above_hull", "band_gap"):
-        errs = [r[f"ml_{key}"] - r[f"dft_{key}"] for r in rows
-                if isinstance(r.get(f"ml_{key}"), (int, float)) and isinstance(r.get(f"dft_{key}"), (int, float))]
-        out[key] = {"n": len(errs), "mae": _mean([abs(e) for e in errs]), "mean_error": _mean(errs),
-                    "max_abs_error": max((abs(e) for e in errs), default=None)}
-    errs = [r["dft_lite_band_gap"] - r["dft_band_gap"] for r in rows
-            if isinstance(r.get("dft_lite_band_gap"), (int, float)) and isinstance(r.get("dft_band_gap"), (int, float))]
-    out["band_gap_dft_lite"] = {"n": len(errs), "mae": _mean([abs(e) for e in errs]), "mean_error": _mean(errs),
-                                "max_abs_error": max((abs(e) for e in errs), default=None)}
+    out: dict = {key: _errors(rows, f"ml_{key}", f"dft_{key}") for key in ("e_above_hull", "band_gap")}
+    out["band_gap_dft_lite"] = _errors(rows, "dft_lite_band_gap", "dft_band_gap")
     # the band-gap model's error measured on the DFT truth set, next to the one these few candidates show
     out["band_gap_model_error"] = sorted({r["ml_band_gap_error"] for r in rows
                                           if isinstance(r.get("ml_band_gap_error"), (int, float))})

@@ -251,14 +251,19 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
 
 
 def ml_hits(band_gap: dict | None, e_above_hull: float | None, doc: dict, spec: dict) -> dict:
-    """Target hits of an ML band-gap prediction (:func:`fw_screen.property.predict_band_gap`), with the model's
-    measured error recorded and, when ``property.widen_tolerance_by_model_error``, added to the tolerance."""
+    """Target hits of an ML band-gap prediction (:func:`fw_screen.property.predict_band_gap`)."""
+    return gap_hits((band_gap or {}).get("band_gap"), (band_gap or {}).get("model_error"), "ml", e_above_hull,
+                    doc, spec)
+
+
+def gap_hits(gap: float | None, mae: float | None, source: str, e_above_hull: float | None, doc: dict,
+             spec: dict) -> dict:
+    """Target hits of a band gap from ``source`` (``ml`` / ``dft_lite``) whose measured error is ``mae``: the
+    error is recorded and, when ``property.widen_tolerance_by_model_error``, added to the tolerance."""
     from fw_screen import property as prop
 
-    mae = (band_gap or {}).get("model_error")
-    return prop.target_hits((band_gap or {}).get("band_gap"), e_above_hull, doc.get("targets") or {},
-                            prop.hit_tolerance(spec["property"], mae), spec["ml"]["stability_threshold"],
-                            model_error=mae, source="ml")
+    return prop.target_hits(gap, e_above_hull, doc.get("targets") or {}, prop.hit_tolerance(spec["property"], mae),
+                            spec["ml"]["stability_threshold"], model_error=mae, source=source)
 
 
 def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: dict) -> list[str]:
@@ -486,8 +491,7 @@ def dft_lite_pending(store: ResultsStore, campaign: str) -> int:
     spec = store.campaign_spec(campaign)
     if spec["property"]["method"] != "dft_lite":
         return 0
-    unplanned = len(store.dft_lite_waiting(campaign, spec["ml"]["stability_threshold"]))
-    return unplanned + store.count({"campaign": campaign, "status": st.ML_DONE, "dft_lite.status": "queued"})
+    return store.dft_lite_pending_count(campaign, spec["ml"]["stability_threshold"])
 
 
 def run_dft_lite(store: ResultsStore, candidate_id: str, workdir: str | Path, env: dict | None = None,
@@ -520,10 +524,8 @@ def run_dft_lite(store: ResultsStore, candidate_id: str, workdir: str | Path, en
               "pw_seconds": result.get("pw_seconds")}
     gap = (result.get("band_gap") or {}).get("band_gap")
     measured = prop.model_error("dft_lite")
-    mae = None if measured is None else measured["mae"]
-    fields["hits"] = prop.target_hits(gap, (doc.get("ml") or {}).get("e_above_hull"), doc.get("targets") or {},
-                                      prop.hit_tolerance(spec["property"], mae), spec["ml"]["stability_threshold"],
-                                      model_error=mae, source="dft_lite")
+    fields["hits"] = gap_hits(gap, None if measured is None else measured["mae"], "dft_lite",
+                              (doc.get("ml") or {}).get("e_above_hull"), doc, spec)
     store.set_dft_lite([(candidate_id, fields)])
     return {"status": fields["status"], "reason": fields["reason"], "band_gap": gap,
             "seconds": result.get("seconds"), "pw_seconds": result.get("pw_seconds")}

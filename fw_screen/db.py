@@ -591,10 +591,14 @@ class ResultsStore:
     def dft_lite_waiting(self, campaign: str, max_e_above_hull: float) -> list[dict]:
         """ML-done candidates of a campaign, ML-stable (``ml.e_above_hull`` at most ``max_e_above_hull``),
         that have no DFT-lite result yet: ``_id``, ``targets``, ``ml.structure_relaxed``, ``ml.e_above_hull``."""
-        return list(self.candidates.find(
-            {"campaign": campaign, "status": st.ML_DONE, "ml.e_above_hull": {"$lte": max_e_above_hull},
-             "dft_lite.status": {"$exists": False}},
-            {"targets": 1, "ml.structure_relaxed": 1, "ml.e_above_hull": 1, "seq": 1}).sort("seq", ASCENDING))
+        return list(self.candidates.find(_dft_lite_unplanned(campaign, max_e_above_hull),
+                                         {"targets": 1, "ml.structure_relaxed": 1, "ml.e_above_hull": 1, "seq": 1}
+                                         ).sort("seq", ASCENDING))
+
+    def dft_lite_pending_count(self, campaign: str, max_e_above_hull: float) -> int:
+        """How many of :meth:`dft_lite_waiting` there are, plus those queued (counted, not fetched)."""
+        return (self.count(_dft_lite_unplanned(campaign, max_e_above_hull))
+                + self.count({"campaign": campaign, "status": st.ML_DONE, "dft_lite.status": "queued"}))
 
     def dft_lite_candidate(self, candidate_id: str) -> dict | None:
         """What a DFT-lite Firework needs of one candidate (None if it is gone)."""
@@ -811,6 +815,12 @@ def _join_formulas(path: str) -> dict:
     return {"$cond": [{"$isArray": path}, {"$reduce": {
         "input": path, "initialValue": "",
         "in": {"$concat": ["$$value", {"$cond": [{"$eq": ["$$value", ""]}, "", " + "]}, "$$this.formula"]}}}, None]}
+
+
+def _dft_lite_unplanned(campaign: str, max_e_above_hull: float) -> dict:
+    """ML-stable ML-done candidates with no DFT-lite record yet."""
+    return {"campaign": campaign, "status": st.ML_DONE, "ml.e_above_hull": {"$lte": max_e_above_hull},
+            "dft_lite.status": {"$exists": False}}
 
 
 #: hull-table column -> document field it sorts on

@@ -17,10 +17,6 @@ from pathlib import Path
 
 from fw_screen import qe
 
-#: the spec settings this tier reads (``property.<key>``)
-SPEC_KEYS = ("dft_lite_kppa", "dft_lite_nscf_kppa", "dft_lite_max_sites")
-
-
 def settings(spec: dict, env: dict | None = None) -> dict:
     """The DFT stage's ``dft.qe`` settings with the tier's k-point densities (``property.dft_lite_kppa`` for
     the scf, ``property.dft_lite_nscf_kppa`` for the nscf); ``env`` as :func:`fw_screen.qe.resolve_settings`.

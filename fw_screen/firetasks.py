@@ -161,10 +161,8 @@ class DFTLiteTask(FiretaskBase):
                                     checkpoint=self.get("checkpoint"))
         if out["status"] == "checkpoint":
             return _continuation(self, fw_spec, out["checkpoint"])
-        additions = None
-        if campaign.dft_lite_pending(store, self["campaign"]) == 0:
-            additions = _after_ml_stage(self, store, out)
-        return FWAction(stored_data=out, additions=additions)
+        # after_ml_stage waits while other DFT-lite gaps are pending: the last one promotes
+        return FWAction(stored_data=out, additions=_after_ml_stage(self, store, out))
 
 
 @explicit_serialize

@@ -176,18 +176,24 @@ def validate(spec: dict) -> dict:
     return spec
 
 
-#: settings added after campaigns were first stored: the value that reproduces what such a campaign did
-#: (before the DFT-lite tier, promotion's target hit was the ML gap's)
-ADDED_SETTINGS = {"property": {"method": "ml", "widen_tolerance_by_model_error": False, "dft_lite_kppa": 500,
-                               "dft_lite_nscf_kppa": 1000, "dft_lite_max_sites": 8}}
+#: settings added after campaigns were first stored, with the value that reproduces what such a campaign did
+#: where it is not the default (before the DFT-lite tier, promotion's target hit was the ML gap's)
+ADDED_SETTINGS = {"property": {"method": "ml", "widen_tolerance_by_model_error": None, "dft_lite_kppa": None,
+                               "dft_lite_nscf_kppa": None, "dft_lite_max_sites": None}}
 
 
 def upgrade(spec: dict) -> dict:
-    """A stored campaign spec with the settings added since it was written (:data:`ADDED_SETTINGS`)."""
+    """A stored campaign spec with the settings added since it was written (:data:`ADDED_SETTINGS`; None:
+    the default spec's value)."""
+    defaults = None  # read only for a spec that lacks something (campaign_spec calls this on every read)
     for section, values in ADDED_SETTINGS.items():
         if isinstance(spec.get(section), dict):
             for key, value in values.items():
-                spec[section].setdefault(key, value)
+                if key not in spec[section]:
+                    if value is None:
+                        defaults = defaults or default_spec()
+                        value = defaults[section][key]
+                    spec[section][key] = value
     return spec
 
 

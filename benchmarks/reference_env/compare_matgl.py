@@ -28,8 +28,11 @@ import time  # noqa: E402
 import types  # noqa: E402
 import warnings  # noqa: E402
 
-MEGNET_DIR = "/work/shared/data/models/MEGNet-MP-2019.4.1-BandGap-mfi"
-M3GNET_DIR = "/work/shared/data/models/M3GNet-MP-2021.2.8-PES"
+from _records import err, pes_record  # noqa: E402  (this folder: both venvs)
+
+_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "models")
+MEGNET_DIR = os.path.normpath(os.path.join(_MODELS, "MEGNet-MP-2019.4.1-BandGap-mfi"))
+M3GNET_DIR = os.path.normpath(os.path.join(_MODELS, "M3GNet-MP-2021.2.8-PES"))
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208
 
 
@@ -54,10 +57,6 @@ def _stub_graphbolt() -> None:
     sys.modules["dgl.graphbolt"] = stub
 
 
-def _err(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -71,7 +70,6 @@ def main(argv: list[str]) -> int:
     import matgl.data.transformer
     from matgl.ext.ase import PESCalculator
     from pymatgen.core import Structure
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     # torch >= 2.6 loads with weights_only=True; model.pt of the band-gap model pickles a Normalizer
     torch.serialization.add_safe_globals([matgl.data.transformer.Normalizer])
@@ -92,22 +90,15 @@ def main(argv: list[str]) -> int:
         try:
             s = Structure.from_dict(item["structure"])
         except Exception as exc:  # noqa: BLE001
-            results[sid] = {"structure_error": _err(exc)}
+            results[sid] = {"structure_error": err(exc)}
             continue
         try:
             with torch.no_grad():
                 rec["gap"] = [float(megnet.predict_structure(s, state_attr=torch.tensor([i])).reshape(-1)[0])
                               for i in range(4)]
         except Exception as exc:  # noqa: BLE001
-            rec["gap_error"] = _err(exc)
-        try:
-            atoms = AseAtomsAdaptor.get_atoms(s)
-            atoms.calc = calc
-            rec["energy_per_atom"] = float(atoms.get_potential_energy()) / len(atoms)
-            rec["forces"] = atoms.get_forces().tolist()
-            rec["stress"] = atoms.get_stress().tolist()
-        except Exception as exc:  # noqa: BLE001
-            rec["pes_error"] = _err(exc)
+            rec["gap_error"] = err(exc)
+        rec.update(pes_record(s, calc))
         results[sid] = rec
     meta = {
         "env": sys.prefix,

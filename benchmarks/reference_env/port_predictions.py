@@ -24,6 +24,8 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+
+from _records import err, pes_record  # noqa: E402  (this folder: both venvs)
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +34,6 @@ if str(REPO) not in sys.path:
 
 MEGNET_DIR = REPO / "fw_screen" / "models" / "MEGNet-MP-2019.4.1-BandGap-mfi"
 M3GNET_DIR = Path("/work/shared/data/models/M3GNet-MP-2021.2.8-PES")
-
-
-def _err(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def _count(module, marker: str) -> int:
@@ -51,7 +49,6 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     import matgl
     from pymatgen.core import Structure
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     import fw_screen.property as prop
     from fw_screen.potentials import load_matgl_calculator
@@ -87,21 +84,14 @@ def main(argv: list[str]) -> int:
         res: dict[str, dict] = {}
         for sid, s in structures.items():
             if isinstance(s, Exception):
-                res[sid] = {"structure_error": _err(s)}
+                res[sid] = {"structure_error": err(s)}
                 continue
             rec: dict = {}
             try:
                 rec["gap"] = [m.predict(s) for m in gap_models]  # raw (unclipped) eV, as the reference
             except Exception as exc:  # noqa: BLE001
-                rec["gap_error"] = _err(exc)
-            try:
-                atoms = AseAtomsAdaptor.get_atoms(s)
-                atoms.calc = calc
-                rec["energy_per_atom"] = float(atoms.get_potential_energy()) / len(atoms)
-                rec["forces"] = atoms.get_forces().tolist()
-                rec["stress"] = atoms.get_stress().tolist()
-            except Exception as exc:  # noqa: BLE001
-                rec["pes_error"] = _err(exc)
+                rec["gap_error"] = err(exc)
+            rec.update(pes_record(s, calc))
             res[sid] = rec
         out["results"][variant] = res
     prop.clear_band_gap_model_cache()
