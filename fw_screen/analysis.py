@@ -8,6 +8,10 @@
 * :func:`funnel_yields` — V, VU, VUN, VSUN and target yields per campaign and per condition, with the
   CrystaLLM-pi / MatterGen definitions (:func:`fw_screen.property.yields` states them), at the campaign's
   stability threshold and at 0 eV/atom.
+* :func:`campaign_metrics` — the table to put beside the papers (``fw-screen metrics``): V/VU/VUN/VSUN,
+  S.U.N./MSUN after relaxation on the reference and the self-consistent hull, composition novelty, RMSD and
+  kept space groups, DiffCSP's validity split and Wasserstein distances, band-gap MAE against the target,
+  F1/DAF against DFT; each with its definition and paper (:mod:`fw_screen.metrics`), from one aggregation.
 * :func:`agreement` / :func:`ml_vs_dft` — how far to trust the cheap stage: MAE of e_above_hull and band gap
   between the ML and DFT results of the promoted candidates, precision and recall of "stable" and "target
   hit", with the caveat the selection implies stated next to the numbers.
@@ -193,6 +197,60 @@ def yield_rows(y: dict) -> list[dict]:
         for thr, v in per_thr.items():
             rows.append({"condition": label, "n": n, "stability_threshold": thr, **v["rates"], **v["counts"]})
     return rows
+
+
+# ------------------------------------------------------------------------------------- metrics
+def campaign_metrics(store: ResultsStore, campaign: str, by: str = "targets.band_gap.value") -> dict:
+    """The papers' metrics of a campaign, overall and per condition (:mod:`fw_screen.metrics` defines them).
+
+    Thresholds: 0 and the campaign's ``ml.stability_threshold`` (S.U.N. and MSUN).  ``relaxed_pass`` says
+    when the post-relaxation matching last ran and whether candidates relaxed since are not yet in it
+    (their S.U.N. counts then wait: ``fw-screen promote`` or the end of the ML stage runs it)."""
+    from fw_screen import metrics as mt
+
+    require_campaign(store, campaign)
+    spec = store.campaign_spec(campaign)
+    stab = float(spec["ml"]["stability_threshold"])
+    thresholds = sorted({0.0, stab})
+    rows = store.metric_count_rows(campaign, thresholds, by=by)
+    reference = store.reference_distribution()
+    total = mt.add_rows(rows)
+    last = store.relaxed_pass(campaign)
+    return {"campaign": campaign, "thresholds": thresholds,
+            "definitions": mt.definitions(thresholds, stab),
+            "reference": {"structures": len(reference["nelements"]), "sets": [s["_id"] for s in store.reference_sets()]},
+            "relaxed_pass": {"at": (last or {}).get("at"), "relaxed": total["relaxed"],
+                             "checked": total["relaxed_checked"],
+                             "pending": total["relaxed"] - total["relaxed_checked"]},
+            "overall": mt.values(total, thresholds, reference),
+            "by_condition": [{"condition": r["condition"], **mt.values(r, thresholds, reference)}
+                             for r in sorted(rows, key=lambda r: (r["condition"] is None, r["condition"] or 0))]}
+
+
+def format_metrics(result: dict, fmt: str = "markdown") -> str:
+    """:func:`campaign_metrics` as one table: a row per metric, a column for the campaign and each
+    condition, then the definition and the paper."""
+    from fw_screen import metrics as mt
+
+    if fmt == "json":
+        return json.dumps(result, indent=1, default=str) + "\n"
+    conds = [("all", result["overall"])] + [(f"gap {c['condition']}" if c["condition"] is not None else "no target", c)
+                                            for c in result["by_condition"]]
+    rows = []
+    for d in result["definitions"]:
+        row = {"metric": d["name"]}
+        row.update({label: mt.fmt(v.get(d["key"]), d["key"]) for label, v in conds})
+        row.update({"definition": d["definition"], "source": d["source"]})
+        rows.append(row)
+    columns = ["metric", *[label for label, _ in conds], "definition", "source"]
+    text = format_table(rows, "markdown" if fmt == "md" else fmt, columns)
+    if fmt in ("markdown", "md"):
+        rp = result["relaxed_pass"]
+        ref = result["reference"]
+        text += (f"\nreference: {ref['structures']} structures of {', '.join(ref['sets']) or 'no set'}; "
+                 f"after relaxation: {rp['checked']} of {rp['relaxed']} ML-relaxed candidates checked"
+                 + (f" ({rp['pending']} wait for the post-relaxation pass)" if rp["pending"] else "") + "\n")
+    return text
 
 
 # ------------------------------------------------------------------------------------- ML vs DFT

@@ -9,12 +9,13 @@ few seconds to minutes of science.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 
 from fw_screen import references as refs
 from fw_screen import status as st
@@ -111,9 +112,21 @@ def run_validity(store: ResultsStore, campaign: str, batch: str, flush_every: in
 # --------------------------------------------------------------------------------------- uniqueness
 def _reference_items(store: ResultsStore, formulas: set[str]) -> dict[str, list[uq.Item]]:
     """Reference structures of the given formulas by match key; reductions computed once and cached."""
-    by_key: dict[str, list[uq.Item]] = defaultdict(list)
+    return _reduced_items(store, store.references_with_formula(
+        formulas, {"structure": 1, "structure_reduced": 1, "match_key": 1}), lambda ref, key: key)
+
+
+def _disordered_items(store: ResultsStore, chemsys: set[str]) -> dict[str, list[uq.Item]]:
+    """Partially occupied reference structures of the given chemical systems, by chemical system."""
+    return _reduced_items(store, store.disordered_references(
+        chemsys, {"structure": 1, "structure_reduced": 1, "match_key": 1, "chemsys": 1}),
+        lambda ref, key: ref["chemsys"])
+
+
+def _reduced_items(store: ResultsStore, refs_iter, group_of) -> dict[str, list[uq.Item]]:
+    by_group: dict[str, list[uq.Item]] = defaultdict(list)
     to_cache = []
-    for ref in store.references_with_formula(formulas, {"structure": 1, "structure_reduced": 1, "match_key": 1}):
+    for ref in refs_iter:
         if ref.get("structure_reduced"):
             reduced = Structure.from_dict(ref["structure_reduced"])
             key = ref["match_key"]
@@ -125,10 +138,39 @@ def _reference_items(store: ResultsStore, formulas: set[str]) -> dict[str, list[
                 continue
             key = uq.match_key(reduced)
             to_cache.append((ref["_id"], {"structure_reduced": reduced.as_dict(), "match_key": key}))
-        by_key[key].append(uq.Item(ref["_id"], reduced))
+        by_group[group_of(ref, key)].append(uq.Item(ref["_id"], reduced))
     if to_cache:
         store.cache_reference_reduction(to_cache)
-    return by_key
+    return by_group
+
+
+class ReferenceMatcher:
+    """Novelty against the active reference sets, for candidates of known formulas: the campaign's
+    matcher within a match key and, with ``uniqueness.matcher: disordered``, the order-disorder matcher
+    against partially occupied references of the same chemical system.  Used on generated cells (the
+    uniqueness stage) and on ML-relaxed ones (:func:`relaxed_verdict`)."""
+
+    def __init__(self, store: ResultsStore, spec: dict, formulas: set[str], chemsys: set[str]):
+        cfg = spec["uniqueness"]
+        from fw_screen import hulls
+
+        self.matcher = uq.make_matcher(cfg)
+        #: the active reference sets matched against (a verdict is re-taken when they change)
+        self.sets = hulls.sets_version(store.reference_sets())
+        self.by_key = _reference_items(store, formulas)
+        self.formulas = {key.split("|")[0] for key in self.by_key}
+        self.disordered: dict[str, list[uq.Item]] = {}
+        self.order_matcher = None
+        if cfg.get("matcher") == "disordered":
+            self.disordered = _disordered_items(store, chemsys)
+            self.order_matcher = uq.disordered_matcher(cfg)
+
+    def match(self, item: uq.Item, key: str, chemsys: str) -> str | None:
+        return uq.find_reference(item, self.by_key.get(key, []), self.matcher, self.disordered.get(chemsys),
+                                 self.order_matcher)
+
+    def known_formula(self, formula: str) -> bool:
+        return formula in self.formulas
 
 
 def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
@@ -146,15 +188,14 @@ def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
     try:
         pending = list(store.candidates_for(
             {"campaign": campaign, "shard": shard, "status": st.VALID},
-            {"match_key": 1, "reduced_formula": 1, "structure_reduced": 1, "seq": 1}))
+            {"match_key": 1, "reduced_formula": 1, "structure_reduced": 1, "seq": 1, "chemsys": 1}))
         if not pending:
             return {**counts, "seconds": 0.0}
         groups: dict[str, list[dict]] = defaultdict(list)
         for doc in pending:
             groups[doc["match_key"]].append(doc)
-        formulas = {doc["reduced_formula"] for doc in pending}
-        ref_items = _reference_items(store, formulas)
-        ref_formulas = {key.split("|")[0] for key in ref_items}
+        references = ReferenceMatcher(store, spec, {doc["reduced_formula"] for doc in pending},
+                                      {doc.get("chemsys") for doc in pending})
         reps_by_key: dict[str, list[uq.Item]] = defaultdict(list)
         for rep in store.representatives(campaign, list(groups), [st.KNOWN, *st.NOVEL_OR_LATER],
                                          {"match_key": 1, "structure_reduced": 1}):
@@ -168,9 +209,9 @@ def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
                 if dup is not None:
                     updates.append((item.id, st.VALID, st.DUPLICATE, {"duplicate_of": dup}))
                     continue
-                ref = uq.find_reference(item, ref_items.get(key, []), matcher)
+                ref = references.match(item, key, doc.get("chemsys"))
                 fields = {"duplicate_of": None, "matched_reference": ref,
-                          "novel_composition": doc["reduced_formula"] not in ref_formulas}
+                          "novel_composition": not references.known_formula(doc["reduced_formula"])}
                 updates.append((item.id, st.VALID, st.KNOWN if ref else st.NOVEL, fields))
             if i % 50 == 49:
                 store.renew_lock(lock, owner)
@@ -223,6 +264,11 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
         out["reason"] = f"relaxation {relax['status']}: {relax.get('reason')}"
         return st.ML_FAILED, {"ml": out}
     out["structure_relaxed"] = relaxed.as_dict()
+    try:  # novelty of the relaxed structure against the references (its campaign duplicates: run_relaxed_uniqueness)
+        out.update(relaxed_verdict(structure, relaxed, spec, store))
+    except Exception as exc:  # a structure pymatgen cannot reduce keeps its hull result; the pass says so
+        log.warning("relaxed matching failed on %s: %s", doc["_id"], exc)
+        out["relaxed_match_error"] = f"{type(exc).__name__}: {exc}"
     try:
         entry = stability.ml_entry(relaxed, relax["energy_total"], ml["potential"], entry_id=doc["_id"])
         entry_unrelaxed = stability.ml_entry(structure, relax["unrelaxed_energy_total"], ml["potential"],
@@ -322,6 +368,185 @@ def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:
 
     counts["hulls_built_in_process"] = hulls.STATS["built"]
     return counts
+
+
+# ------------------------------------------------------------------------- after relaxation (S.U.N.)
+def relaxed_verdict(generated: Structure, relaxed: Structure, spec: dict, store: ResultsStore,
+                    references: ReferenceMatcher | None = None) -> dict:
+    """What relaxation changed for one candidate (``ml.*`` fields): the relaxed structure's reduced cell and
+    match key, the reference it matches (``matched_reference_relaxed``; ``novel_relaxed`` when none), the
+    RMS displacement from the generated cell (Angstrom) and whether it kept its space group."""
+    reduced = uq.reduce_structure(relaxed)
+    key = uq.match_key(reduced)
+    formula = reduced.composition.reduced_formula
+    chemsys = "-".join(sorted({el.symbol for el in reduced.composition.elements}))
+    if references is None:
+        references = ReferenceMatcher(store, spec, {formula}, {chemsys})
+    ref = references.match(uq.Item("relaxed", reduced), key, chemsys)
+    return {"structure_relaxed_reduced": reduced.as_dict(), "match_key_relaxed": key,
+            "matched_reference_relaxed": ref, "novel_relaxed": ref is None, "relaxed_sets": references.sets,
+            "rmsd_relaxed": uq.displacement_rmsd(generated, relaxed)}
+
+
+#: what the post-relaxation pass reads of each relaxed candidate
+_RELAXED_FIELDS = {"ml.match_key_relaxed": 1, "ml.relaxed_match_error": 1, "ml.relaxed_sets": 1, "ml.e_above_hull": 1, "ml.duplicate_of_relaxed": 1,
+                   "ml.matched_reference_relaxed": 1, "ml.e_above_hull_self_consistent": 1, "ml.hull.energy_per_atom": 1,
+                   "elements": 1, "formula": 1, "seq": 1}
+
+
+def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
+    """Uniqueness, novelty and the hull after relaxation, for every ML-relaxed candidate of a campaign.
+
+    1. candidates relaxed before this pass existed get their relaxed verdict (:func:`relaxed_verdict`);
+    2. relaxed candidates sharing a relaxed match key are matched against each other with the campaign's
+       matcher: ``ml.duplicate_of_relaxed`` is the group's representative (lowest ML e_above_hull) or None;
+    3. the self-consistent hull: each candidate's energy above the reference hull joined by the campaign's
+       relaxed ML-stable candidates that are novel and unique after relaxation
+       (``ml.e_above_hull_self_consistent``, stored beside the reference-only ``ml.e_above_hull``).
+
+    Idempotent; re-run whenever the ML stage of the campaign finishes (new submissions regroup); writes
+    only what changed.  Status is untouched: promotion and DFT-lite read these fields.
+    """
+    from fw_screen import hulls
+
+    spec = store.campaign_spec(campaign)
+    t0 = time.perf_counter()
+    owner = store.acquire_lock(f"{campaign}:relaxed", lease_s=600)
+    counts = {"backfilled": 0, "groups": 0, "duplicates": 0, "known": 0, "self_consistent_systems": 0}
+    try:
+        docs = _with_ml(store.relaxed_candidates(campaign, _RELAXED_FIELDS))
+        sets = hulls.sets_version(store.reference_sets())
+        todo = [d["_id"] for d in docs if d["ml"].get("relaxed_sets") != sets
+                and "relaxed_match_error" not in d["ml"]]
+        if todo:  # relaxed before the verdict was taken at relaxation time, or reference sets changed since
+            counts["backfilled"] = _backfill_relaxed(store, spec, todo)
+            docs = _with_ml(store.relaxed_candidates(campaign, _RELAXED_FIELDS))
+        fingerprint = _relaxed_fingerprint(store, spec, docs)
+        last = store.relaxed_pass(campaign) or {}
+        if last.get("fingerprint") == fingerprint and not todo:  # nothing it depends on changed
+            return {**last.get("counts", {}), "unchanged": True, "seconds": round(time.perf_counter() - t0, 3)}
+        counts["relaxed"] = len(docs)
+        by_key: dict[str, list[dict]] = defaultdict(list)
+        for d in docs:
+            if d["ml"].get("match_key_relaxed"):
+                by_key[d["ml"]["match_key_relaxed"]].append(d)
+        shared = [k for k, members in by_key.items() if len(members) > 1]
+        structures = store.documents_by_id("candidates", [d["_id"] for k in shared for d in by_key[k]],
+                                           ["ml.structure_relaxed_reduced"]) if shared else {}
+        matcher = uq.make_matcher(spec["uniqueness"])
+        duplicate_of = {d["_id"]: None for d in docs}
+        for i, key in enumerate(shared):
+            members = sorted(by_key[key], key=lambda d: d.get("seq", 0))
+            items = [uq.Item(d["_id"], Structure.from_dict(structures[d["_id"]]["ml"]["structure_relaxed_reduced"]))
+                     for d in members]
+            energies = {d["_id"]: _finite(d["ml"].get("e_above_hull")) for d in members}
+            duplicate_of.update(uq.relaxed_groups(items, energies, matcher))
+            if i % 50 == 49:
+                store.renew_lock(f"{campaign}:relaxed", owner, lease_s=600)
+        counts["groups"] = len(shared)
+        counts["duplicates"] = sum(v is not None for v in duplicate_of.values())
+        counts["known"] = sum(bool(d["ml"].get("matched_reference_relaxed")) for d in docs)
+        updates = {d["_id"]: {"ml.duplicate_of_relaxed": duplicate_of[d["_id"]]} for d in docs
+                   if "duplicate_of_relaxed" not in d["ml"] or d["ml"]["duplicate_of_relaxed"] != duplicate_of[d["_id"]]}
+        for d in docs:
+            d["ml"]["duplicate_of_relaxed"] = duplicate_of[d["_id"]]
+        e_sc, counts["self_consistent_systems"] = _self_consistent(store, spec, docs)
+        for d in docs:
+            new = e_sc.get(d["_id"])
+            old = d["ml"].get("e_above_hull_self_consistent")
+            if (new is None) != (old is None) or (new is not None and abs(new - old) > 1e-9):
+                updates.setdefault(d["_id"], {}).update({
+                    "ml.e_above_hull_self_consistent": new,
+                    "ml.stable_self_consistent": None if new is None else new <= spec["ml"]["stability_threshold"]})
+        counts["updated"] = store.set_fields(list(updates.items()))
+        store.set_relaxed_pass(campaign, {"fingerprint": fingerprint, "counts": counts})
+    finally:
+        store.release_lock(f"{campaign}:relaxed", owner)
+    counts["seconds"] = round(time.perf_counter() - t0, 3)
+    return counts
+
+
+def _relaxed_fingerprint(store: ResultsStore, spec: dict, docs: list[dict]) -> str:
+    """What the pass's verdicts depend on: the relaxed candidates (id, relaxed match key, hull distance,
+    relaxed-known), the active reference sets and the matcher settings."""
+    import hashlib
+    import json
+
+    from fw_screen import hulls
+
+    h = hashlib.sha256()
+    h.update(json.dumps([spec["uniqueness"], spec["ml"]["stability_threshold"],
+                         hulls.sets_version(store.reference_sets())], sort_keys=True, default=str).encode())
+    for d in sorted(docs, key=lambda d: d["_id"]):
+        ml = d["ml"]
+        h.update(f"{d['_id']}|{ml.get('match_key_relaxed')}|{ml.get('e_above_hull')}|"
+                 f"{ml.get('matched_reference_relaxed')}\n".encode())
+    return h.hexdigest()
+
+
+def _with_ml(docs: list[dict]) -> list[dict]:
+    for d in docs:
+        d.setdefault("ml", {})
+    return docs
+
+
+def _finite(x) -> float:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else math.inf
+
+
+def _backfill_relaxed(store: ResultsStore, spec: dict, ids: list[str]) -> int:
+    """The relaxed verdict of candidates relaxed before it was computed at relaxation time."""
+    docs = store.documents_by_id("candidates", ids, ["structure_reduced", "ml.structure_relaxed", "reduced_formula",
+                                                      "chemsys"])
+    references = ReferenceMatcher(store, spec, {d.get("reduced_formula") for d in docs.values()},
+                                  {d.get("chemsys") for d in docs.values()})
+    updates = []
+    for cid, d in docs.items():
+        try:
+            fields = relaxed_verdict(Structure.from_dict(d["structure_reduced"]),
+                                     Structure.from_dict(d["ml"]["structure_relaxed"]), spec, store, references)
+        except Exception as exc:
+            fields = {"relaxed_match_error": f"{type(exc).__name__}: {exc}"}
+        updates.append((cid, {f"ml.{k}": v for k, v in fields.items()}))
+    return store.set_fields(updates)
+
+
+def _self_consistent(store: ResultsStore, spec: dict, docs: list[dict]) -> tuple[dict[str, float | None], int]:
+    """{candidate id: e_above_hull against the reference hull joined by the campaign's relaxed ML-stable,
+    novel, unique candidates}, and how many chemical systems had such a joiner."""
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    from fw_screen import hulls, stability
+
+    threshold = spec["ml"]["stability_threshold"]
+
+    def entry(d):
+        e = (d["ml"].get("hull") or {}).get("energy_per_atom")
+        if not isinstance(e, (int, float)) or not d.get("formula"):
+            return None
+        comp = Composition(d["formula"])
+        return ComputedEntry(comp, e * comp.num_atoms, entry_id=d["_id"])
+
+    entries = {d["_id"]: entry(d) for d in docs}
+    joiners = [d for d in docs if entries[d["_id"]] is not None and _finite(d["ml"].get("e_above_hull")) <= threshold
+               and not d["ml"].get("matched_reference_relaxed") and d["ml"].get("duplicate_of_relaxed") is None
+               and d["ml"].get("match_key_relaxed")]
+    by_system: dict[str, list[dict]] = defaultdict(list)
+    for d in docs:
+        if entries[d["_id"]] is not None:
+            by_system["-".join(sorted(d.get("elements") or []))].append(d)
+    out: dict[str, float | None] = {}
+    systems = 0
+    for chemsys, members in by_system.items():
+        elements = set(chemsys.split("-"))
+        pd, missing = hulls.reference_hull(store, sorted(elements))
+        if pd is None:
+            continue
+        join = [entries[j["_id"]] for j in joiners if set(j.get("elements") or []) <= elements]
+        systems += bool(join)
+        values = stability.self_consistent_hull(pd, join, [entries[d["_id"]] for d in members])
+        out.update({d["_id"]: v for d, v in zip(members, values)})
+    return out, systems
 
 
 # --------------------------------------------------------------------------------------- references
@@ -456,6 +681,9 @@ def funnel_report(store: ResultsStore, campaign: str) -> dict:
 
     report["by_condition"] = [with_rates(r) for r in rows]
     report["yields"] = with_rates(total) if rows else {}
+    rel = total["relaxed"]  # after relaxation: what run_relaxed_uniqueness found
+    report["after_relaxation"] = {"checked": rel["checked"], "known": rel["known"], "duplicate": rel["duplicate"],
+                                  "sun": rel["sun"].get(thr, 0)}
     return report
 
 
@@ -474,6 +702,10 @@ def plan_dft_lite(store: ResultsStore, campaign: str) -> list[str]:
     todo, skipped = [], []
     for doc in store.dft_lite_waiting(campaign, spec["ml"]["stability_threshold"]):
         relaxed = (doc.get("ml") or {}).get("structure_relaxed")
+        known = relaxed_known_or_duplicate(doc)
+        if known:
+            skipped.append((doc["_id"], {"status": "skipped", "reason": known}))
+            continue
         if not relaxed:
             skipped.append((doc["_id"], {"status": "skipped", "reason": "no ML-relaxed structure"}))
             continue
@@ -484,6 +716,13 @@ def plan_dft_lite(store: ResultsStore, campaign: str) -> list[str]:
             todo.append(doc["_id"])
     store.set_dft_lite_if_absent(skipped)
     return store.set_dft_lite_if_absent([(i, {"status": "queued"}) for i in todo])
+
+
+def relaxed_known_or_duplicate(doc: dict) -> str | None:
+    """Why a candidate is not novel and unique after relaxation (None when it is, or was not checked)."""
+    from fw_screen import promotion
+
+    return promotion.relaxed_reason(doc)
 
 
 def dft_lite_pending(store: ResultsStore, campaign: str) -> int:

@@ -216,6 +216,12 @@ def format_report(report: dict) -> str:
                   f"  yields: V {pct(y['V'])}, VU {pct(y['VU'])}, VUN {pct(y['VUN'])}, VSUN {pct(y['VSUN'])}; "
                   f"ML band-gap target hit {pct(y['band_gap_hit_among_valid_evaluated'])} of "
                   f"{y['valid_band_gap_evaluated']} predicted, {pct(y['band_gap_hit_among_vsun'])} of VSUN"]
+        a = report.get("after_relaxation") or {}
+        if a.get("checked"):
+            lines.append(f"  after relaxation: {a['checked']} checked, {a['known']} relaxed onto a known "
+                         f"phase, {a['duplicate']} onto another candidate; S.U.N. (e_hull <= "
+                         f"{report['stability_threshold']}) {a['sun']} of {report['funnel']['inputs']} "
+                         f"(VSUN counted {y['vsun']}); fw-screen metrics {report['campaign']} for the papers' table")
         lines.append(f"  {'target band gap (eV)':>22} {'inputs':>7} {'V':>6} {'VUN':>6} {'VSUN':>6} {'hit':>6} {'hit|VSUN':>8}")
         for r in report["by_condition"]:
             lines.append(f"  {r['condition']!s:>22} {r['n']:>7} {pct(r['V']):>6} {pct(r['VUN']):>6} "
@@ -417,6 +423,15 @@ def cmd_yields(args) -> int:
     else:
         columns = YIELD_COLUMNS if args.all_columns else YIELD_COLUMNS[:10]
         sys.stdout.write(format_table(yield_rows(y), args.format, columns))
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from fw_screen.analysis import campaign_metrics, format_metrics
+
+    store = _store(resolve_launchpad(args.launchpad, args.home))
+    _campaigns(store, args.campaign)
+    sys.stdout.write(format_metrics(campaign_metrics(store, args.campaign), "json" if args.json else args.format))
     return 0
 
 
@@ -753,6 +768,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stability threshold in eV/atom (repeat; default: the campaign's and 0)")
     yl.add_argument("--all-columns", action="store_true", help="also print the counts behind the rates")
     yl.set_defaults(func=cmd_yields)
+
+    mx = sub.add_parser("metrics", help="the papers' generation metrics (V..VSUN, S.U.N./MSUN after relaxation, "
+                                        "RMSD, DiffCSP validity, band-gap MAE, F1/DAF), defined and sourced")
+    mx.add_argument("campaign")
+    mx.add_argument("-l", "--launchpad")
+    mx.add_argument("--format", "-f", default="markdown", choices=["csv", "markdown", "md", "json"])
+    mx.add_argument("--json", action="store_true", help="same as --format json")
+    mx.set_defaults(func=cmd_metrics)
 
     cp = sub.add_parser("compare", help="ML vs DFT on the candidates with DFT results (MAE, precision/recall)")
     cp.add_argument("campaign")

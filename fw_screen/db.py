@@ -91,6 +91,7 @@ class ResultsStore:
         c.create_index("content_hash")
         self.references.create_index("reduced_formula")
         self.references.create_index("match_key")
+        self.references.create_index([("ordered", ASCENDING), ("chemsys", ASCENDING)])
         self.references.create_index("set")
         self.entries.create_index("chemsys")
         self.entries.create_index("set")
@@ -242,20 +243,28 @@ class ResultsStore:
         unique = {"$in": ["$status", [st.KNOWN, *st.NOVEL_OR_LATER]]}
         vun = {"$in": ["$status", list(st.NOVEL_OR_LATER)]}
         e = "$ml.e_above_hull"
-        evaluated = {"$and": [vun, {"$in": [{"$type": e}, ["double", "int", "long", "decimal"]]}, {"$eq": [e, e]}]}
+        evaluated = {"$and": [vun, _is_number(e)]}
         gap_known = {"$in": ["$ml.hits.band_gap.hit", [True, False]]}
         hit = {"$eq": ["$ml.hits.band_gap.hit", True]}
 
         def count(*conds):
             return {"$sum": {"$cond": [{"$and": list(conds)} if len(conds) > 1 else conds[0], 1, 0]}}
 
+        # after relaxation (run_relaxed_uniqueness): checked, relaxed onto a reference / another candidate
+        checked = {"$ne": [{"$type": "$ml.duplicate_of_relaxed"}, "missing"]}
+        relaxed_dup = {"$gt": ["$ml.duplicate_of_relaxed", None]}
+        relaxed_known = {"$eq": ["$ml.novel_relaxed", False]}
         group = {"_id": f"${by}", "n": {"$sum": 1}, "valid": count(valid), "valid_unique": count(unique),
                  "vun": count(vun), "vun_evaluated": count(evaluated),
-                 "valid_band_gap_evaluated": count(valid, gap_known), "valid_band_gap_hits": count(valid, hit)}
+                 "valid_band_gap_evaluated": count(valid, gap_known), "valid_band_gap_hits": count(valid, hit),
+                 "relaxed_checked": count(evaluated, checked), "relaxed_known": count(evaluated, checked, relaxed_known),
+                 "relaxed_duplicate": count(evaluated, checked, relaxed_dup)}
         for i, thr in enumerate(thresholds):
             vsun = {"$and": [evaluated, {"$lte": [e, thr]}]}
             group.update({f"vsun_{i}": count(vsun), f"vsun_band_gap_evaluated_{i}": count(vsun, gap_known),
-                          f"vsun_band_gap_hits_{i}": count(vsun, hit)})
+                          f"vsun_band_gap_hits_{i}": count(vsun, hit),
+                          f"sun_{i}": count(vsun, checked, {"$eq": ["$ml.novel_relaxed", True]},
+                                            {"$not": [relaxed_dup]})})
         for i, status in enumerate(st.ORDER):
             group[f"status_{i}"] = count({"$eq": ["$status", status]})
         out = []
@@ -267,8 +276,114 @@ class ResultsStore:
                             "vsun_band_gap_evaluated": r[f"vsun_band_gap_evaluated_{i}"],
                             "vsun_band_gap_hits": r[f"vsun_band_gap_hits_{i}"]} for i, thr in enumerate(thresholds)}
             status = {s_: r[f"status_{i}"] for i, s_ in enumerate(st.ORDER) if r[f"status_{i}"]}
-            out.append({"condition": r["_id"], "n": r["n"], "status": status, "counts": counts})
+            relaxed = {"checked": r["relaxed_checked"], "known": r["relaxed_known"],
+                       "duplicate": r["relaxed_duplicate"], "sun": {thr: r[f"sun_{i}"] for i, thr in enumerate(thresholds)}}
+            out.append({"condition": r["_id"], "n": r["n"], "status": status, "counts": counts, "relaxed": relaxed})
         return out
+
+    def metric_count_rows(self, campaign: str, thresholds: Iterable[float],
+                          by: str = "targets.band_gap.value") -> list[dict]:
+        """The sums behind ``fw-screen metrics`` (:mod:`fw_screen.metrics`) per value of ``by``, in one
+        aggregation over the campaign: counts for V/VU/VUN/VSUN and S.U.N./MSUN at each threshold (reference
+        and self-consistent hull), composition novelty, relaxation RMSD and kept space groups, the DiffCSP
+        validity split, band-gap errors against the target (ML, DFT-lite, DFT), ML-vs-DFT stability at 0
+        eV/atom; and the density and number-of-elements samples of the valid candidates.
+
+        Returns ``[{"condition", "n", name: sum, ..., "density": [...], "nelements": [...]}]``."""
+        thresholds = [float(t) for t in thresholds]
+
+        num = _is_number
+
+        def count(*conds):
+            return {"$sum": {"$cond": [{"$and": list(conds)} if len(conds) > 1 else conds[0], 1, 0]}}
+
+        def total(value, *conds):
+            return {"$sum": {"$cond": [{"$and": list(conds)} if len(conds) > 1 else conds[0], value, 0]}}
+
+        status = "$status"
+        valid = {"$in": [status, list(st.VALID_OR_LATER)]}
+        unique = {"$in": [status, [st.KNOWN, *st.NOVEL_OR_LATER]]}
+        novel = {"$in": [status, list(st.NOVEL_OR_LATER)]}
+        relaxed = {"$in": [status, list(st.ML_DONE_OR_LATER)]}
+        e, e_sc = "$ml.e_above_hull", "$ml.e_above_hull_self_consistent"
+        checked = {"$and": [relaxed, {"$ne": [{"$type": "$ml.duplicate_of_relaxed"}, "missing"]}]}
+        novel_unique_relaxed = {"$and": [checked, {"$eq": ["$ml.novel_relaxed", True]},
+                                         {"$eq": [{"$ifNull": ["$ml.duplicate_of_relaxed", None]}, None]}]}
+        checks = "$validity.checks"
+        smact = {"$eq": [f"{checks}.smact.passed", True]}
+        structural = {"$and": [{"$eq": [f"{checks}.min_distance.passed", True]},
+                               {"$eq": [f"{checks}.volume.passed", True]}]}
+        sg0, sg1 = "$ml.relax.spacegroup_number_initial", "$ml.relax.spacegroup_number_final"
+        target = "$targets.band_gap.value"
+        group: dict = {
+            "_id": f"${by}", "n": {"$sum": 1}, "valid": count(valid), "valid_unique": count(unique),
+            "vun": count(novel), "vun_evaluated": count(novel, num(e)), "relaxed": count(relaxed),
+            "relaxed_checked": count(checked), "relaxed_known": count(checked, {"$eq": ["$ml.novel_relaxed", False]}),
+            "relaxed_duplicate": count(checked, {"$ne": [{"$ifNull": ["$ml.duplicate_of_relaxed", None]}, None]}),
+            "novel_unique_relaxed": count(novel_unique_relaxed),
+            "novel_composition": count(unique, {"$eq": ["$novel_composition", True]}),
+            "rmsd_n": count(relaxed, num("$ml.rmsd_relaxed")),
+            "rmsd_sum": total("$ml.rmsd_relaxed", relaxed, num("$ml.rmsd_relaxed")),
+            "spacegroup_n": count(relaxed, num(sg0), num(sg1)),
+            "spacegroup_kept": count(relaxed, num(sg0), num(sg1), {"$eq": [sg0, sg1]}),
+            "smact": count(smact), "structural": count(structural), "smact_and_structural": count(smact, structural),
+            "density": {"$push": {"$cond": [{"$and": [valid, num("$density")]}, "$density", "$$REMOVE"]}},
+            "nelements": {"$push": {"$cond": [{"$and": [valid, {"$isArray": "$elements"}]},
+                                              {"$size": {"$ifNull": ["$elements", []]}}, "$$REMOVE"]}},
+        }
+        for name, path in (("ml", "$ml.band_gap.band_gap"), ("dft_lite", "$dft_lite.band_gap.band_gap"),
+                           ("dft", "$dft.band_gap.band_gap")):
+            both = [num(path), num(target)]
+            group[f"gap_{name}_n"] = count(*both)
+            group[f"gap_{name}_abs_sum"] = total({"$abs": {"$subtract": [path, target]}}, *both)
+        d = "$dft.e_above_hull"
+        with_dft = [{"$eq": [status, st.DFT_DONE]}, num(d), num(e)]
+        for name, ml_ok, dft_ok in (("tp", True, True), ("fp", True, False), ("fn", False, True), ("tn", False, False)):
+            group[f"dft_{name}"] = count(*with_dft, {"$eq": [{"$lte": [e, 0.0]}, ml_ok]}, {"$eq": [{"$lte": [d, 0.0]}, dft_ok]})
+        for i, thr in enumerate(thresholds):
+            group[f"vsun_{i}"] = count(novel, num(e), {"$lte": [e, thr]})
+            group[f"sun_{i}"] = count(novel_unique_relaxed, num(e), {"$lte": [e, thr]})
+            group[f"sun_sc_{i}"] = count(novel_unique_relaxed, num(e_sc), {"$lte": [e_sc, thr]})
+        out = []
+        for r in self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$group": group},
+                                            {"$sort": {"_id": 1}}], allowDiskUse=True):
+            row = {"condition": r.pop("_id"), **r}
+            for i, thr in enumerate(thresholds):
+                for key in ("vsun", "sun", "sun_sc"):
+                    row.setdefault("by_threshold", {}).setdefault(thr, {})[key] = row.pop(f"{key}_{i}")
+            out.append(row)
+        return out
+
+    def reference_distribution(self) -> dict:
+        """Density (g/cm^3) and number of elements of every structure of the active reference sets (the
+        metrics' reference distributions); documents stored before those fields were written get them
+        computed from their structure once (cached)."""
+        from fw_screen.references import density_of
+
+        active = sorted(self._active_set_names())
+        dens, nel, missing = [], [], []
+        for d in self.references.find({"set": {"$in": active}}, {"density": 1, "nelements": 1}):
+            if "density" not in d or "nelements" not in d:
+                missing.append(d["_id"])
+                continue
+            if isinstance(d["density"], (int, float)):
+                dens.append(float(d["density"]))
+            nel.append(int(d["nelements"]))
+        cache = []
+        for i in range(0, len(missing), 500):
+            for d in self.references.find({"_id": {"$in": missing[i:i + 500]}}, {"structure.lattice.matrix": 1,
+                                                                                 "formula": 1}):
+                from pymatgen.core import Composition
+
+                comp = Composition(d["formula"])
+                rho = density_of(comp, ((d.get("structure") or {}).get("lattice") or {}).get("matrix"))
+                cache.append((d["_id"], {"density": rho, "nelements": len(comp.elements)}))
+                if rho is not None:
+                    dens.append(rho)
+                nel.append(len(comp.elements))
+        if cache:
+            self.cache_reference_reduction(cache)
+        return {"density": dens, "nelements": nel}
 
     def hull_table_rows(self, match: dict, sort: list[tuple[str, int]] | None = None,
                         limit: int | None = None) -> list[dict]:
@@ -430,6 +545,14 @@ class ResultsStore:
             if doc.get("set") in active:
                 yield doc
 
+    def disordered_references(self, chemsys: Iterable[str], projection: dict | None = None) -> Iterator[dict]:
+        """Partially occupied reference structures of active sets in one of ``chemsys`` (indexed)."""
+        active = self._active_set_names()
+        fields = {**projection, "set": 1} if projection else None
+        for doc in self.references.find({"ordered": False, "chemsys": {"$in": sorted(set(chemsys))}}, fields):
+            if doc.get("set") in active:
+                yield doc
+
     def cache_reference_reduction(self, updates: list[tuple[str, dict]]) -> None:
         ops = [UpdateOne({"_id": rid}, {"$set": fields}) for rid, fields in updates]
         for chunk in _chunks(ops, 1000):
@@ -584,15 +707,39 @@ class ResultsStore:
         """ML-done candidates of a campaign with what promotion needs to decide."""
         fields = {"ml.e_above_hull": 1, "ml.relax.status": 1, "ml.hits": 1, "ml.band_gap.band_gap": 1,
                   "ml.structure_relaxed.sites.label": 1, "nsites": 1, "targets": 1, "elements": 1,
-                  "dft_lite.status": 1, "dft_lite.reason": 1, "dft_lite.band_gap.band_gap": 1, "dft_lite.hits": 1}
+                  "dft_lite.status": 1, "dft_lite.reason": 1, "dft_lite.band_gap.band_gap": 1, "dft_lite.hits": 1,
+                  "ml.matched_reference_relaxed": 1, "ml.duplicate_of_relaxed": 1}
         return list(self.candidates.find({"campaign": campaign, "status": st.ML_DONE}, fields))
+
+    # ------------------------------------------------------------------------- after relaxation (S.U.N.)
+    def relaxed_candidates(self, campaign: str, fields: dict) -> list[dict]:
+        """The ML-relaxed candidates of a campaign (ML-done or later: each has ``ml.structure_relaxed``) with
+        ``fields`` (campaign + status index; filter further in Python, not in the query)."""
+        return list(self.candidates.find({"campaign": campaign, "status": {"$in": list(st.ML_DONE_OR_LATER)}},
+                                         fields))
+
+    def relaxed_pass(self, campaign: str) -> dict | None:
+        """What the last post-relaxation pass of a campaign saw (``fingerprint``) and did (``counts``, ``at``)."""
+        return (self.campaigns.find_one({"_id": campaign}, {"relaxed_pass": 1}) or {}).get("relaxed_pass")
+
+    def set_relaxed_pass(self, campaign: str, record: dict) -> None:
+        self.campaigns.update_one({"_id": campaign}, {"$set": {"relaxed_pass": {**record, "at": utcnow()}}})
+
+    def set_fields(self, updates: list[tuple[str, dict]]) -> int:
+        """``$set`` fields on candidates by id, in bulk, status untouched; returns how many changed."""
+        ops = [UpdateOne({"_id": cid}, {"$set": fields}) for cid, fields in updates if fields]
+        changed = 0
+        for chunk in _chunks(ops, 1000):
+            changed += self.candidates.bulk_write(chunk, ordered=False).modified_count
+        return changed
 
     # ------------------------------------------------------------------------------------ DFT-lite tier
     def dft_lite_waiting(self, campaign: str, max_e_above_hull: float) -> list[dict]:
         """ML-done candidates of a campaign, ML-stable (``ml.e_above_hull`` at most ``max_e_above_hull``),
         that have no DFT-lite result yet: ``_id``, ``targets``, ``ml.structure_relaxed``, ``ml.e_above_hull``."""
         return list(self.candidates.find(_dft_lite_unplanned(campaign, max_e_above_hull),
-                                         {"targets": 1, "ml.structure_relaxed": 1, "ml.e_above_hull": 1, "seq": 1}
+                                         {"targets": 1, "ml.structure_relaxed": 1, "ml.e_above_hull": 1, "seq": 1,
+                                          "ml.matched_reference_relaxed": 1, "ml.duplicate_of_relaxed": 1}
                                          ).sort("seq", ASCENDING))
 
     def dft_lite_pending_count(self, campaign: str, max_e_above_hull: float) -> int:
@@ -810,6 +957,13 @@ def match_stages(match: dict) -> list[dict]:
     return stages
 
 
+def _is_number(path: str) -> dict:
+    """Aggregation test: ``path`` holds a finite-or-infinite number, not NaN (MongoDB orders NaN below every
+    number and calls NaN equal to NaN, so ``$eq: [x, x]`` does not exclude it; ``x >= -inf`` does)."""
+    return {"$and": [{"$in": [{"$type": path}, ["double", "int", "long", "decimal"]]},
+                     {"$gte": [path, float("-inf")]}]}
+
+
 def _join_formulas(path: str) -> dict:
     """Aggregation expression: ``"A + B"`` from an array of ``{formula: ...}`` (missing: None)."""
     return {"$cond": [{"$isArray": path}, {"$reduce": {
@@ -841,6 +995,11 @@ HULL_TABLE_PROJECTION = {
     "novel": {"$in": ["$status", list(st.NOVEL_OR_LATER)]},
     "ml_e_above_hull": "$ml.e_above_hull", "ml_e_above_hull_unrelaxed": "$ml.e_above_hull_unrelaxed",
     "ml_decomposition": _join_formulas("$ml.hull.decomposition"), "ml_stable": "$ml.stable",
+    # after the ML relaxation: novelty and uniqueness of the relaxed structure, the self-consistent hull
+    "novel_relaxed": "$ml.novel_relaxed", "matched_reference_relaxed": "$ml.matched_reference_relaxed",
+    "duplicate_of_relaxed": "$ml.duplicate_of_relaxed",
+    "ml_e_above_hull_self_consistent": "$ml.e_above_hull_self_consistent",
+    "rmsd_relaxed": "$ml.rmsd_relaxed", "spacegroup_relaxed": "$ml.relax.spacegroup_final",
     "ml_band_gap": "$ml.band_gap.band_gap", "ml_band_gap_error": "$ml.band_gap.model_error",
     "ml_band_gap_hit": "$ml.hits.band_gap.hit",
     "dft_lite_band_gap": "$dft_lite.band_gap.band_gap", "dft_lite_band_gap_hit": "$dft_lite.hits.band_gap.hit",
@@ -853,6 +1012,10 @@ HULL_TABLE_PROJECTION = {
         {"case": {"$eq": ["$status", st.KNOWN]},
          "then": {"$concat": ["matches reference ", {"$toString": "$matched_reference"}]}},
         {"case": {"$in": ["$status", [st.NO_REFERENCE, st.ML_FAILED]]}, "then": "$ml.reason"},
+        {"case": {"$and": [{"$eq": ["$status", st.ML_DONE]}, {"$gt": ["$ml.matched_reference_relaxed", None]}]},
+         "then": {"$concat": ["relaxed onto known ", {"$toString": "$ml.matched_reference_relaxed"}]}},
+        {"case": {"$and": [{"$eq": ["$status", st.ML_DONE]}, {"$gt": ["$ml.duplicate_of_relaxed", None]}]},
+         "then": {"$concat": ["relaxed duplicate of ", {"$toString": "$ml.duplicate_of_relaxed"}]}},
         {"case": {"$eq": ["$status", st.DFT_FAILED]}, "then": "$dft.reason"},
         {"case": {"$eq": ["$status", st.PROMOTED]}, "then": "$promotion.reason"},
         {"case": {"$eq": ["$status", st.DFT_DONE]}, "then": {"$ifNull": ["$dft.hull_reason", "$promotion.reason"]}}],
@@ -862,9 +1025,15 @@ HULL_TABLE_PROJECTION = {
 
 def sum_yield_rows(rows: list[dict]) -> dict:
     """The campaign as a whole from :meth:`ResultsStore.yield_count_rows` rows (counts add up)."""
-    total: dict = {"condition": None, "n": 0, "status": {}, "counts": {}}
+    total: dict = {"condition": None, "n": 0, "status": {}, "counts": {}, "relaxed": {"checked": 0, "known": 0,
+                                                                                "duplicate": 0, "sun": {}}}
     for r in rows:
         total["n"] += r["n"]
+        rel = r.get("relaxed") or {}
+        for k in ("checked", "known", "duplicate"):
+            total["relaxed"][k] += rel.get(k, 0)
+        for thr, v in (rel.get("sun") or {}).items():
+            total["relaxed"]["sun"][thr] = total["relaxed"]["sun"].get(thr, 0) + v
         for k, v in r["status"].items():
             total["status"][k] = total["status"].get(k, 0) + v
         for thr, c in r["counts"].items():

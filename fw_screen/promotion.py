@@ -4,8 +4,10 @@ Rules come from the spec's ``promotion`` section.  A candidate is eligible when 
 converged, its ML energy above hull (relaxed) is at most ``max_e_above_hull``, its band gap hits the
 generator's target (when it was given one and ``require_target_hit``; the gap is the DFT-lite one when the
 rules' ``band_gap_source`` is ``dft_lite``, i.e. ``property.method: dft_lite``, else the ML one), its relaxed cell has at most
-``max_sites`` sites, and its chemical system has reference entries (``no_reference`` candidates never
-reach ``ml_done``).  Eligible candidates are ranked by ML e_above_hull within their band-gap condition;
+``max_sites`` sites, its chemical system has reference entries (``no_reference`` candidates never
+reach ``ml_done``), and its relaxed structure is still novel and unique: one that relaxed onto a reference
+structure (``ml.matched_reference_relaxed``) or onto another candidate lower above the hull
+(``ml.duplicate_of_relaxed``) is passed over, with that reason.  Eligible candidates are ranked by ML e_above_hull within their band-gap condition;
 at most ``max_per_condition`` per condition and ``max_total`` per campaign are chosen (both counting those
 promoted in earlier rounds, so promoting again is idempotent).  Every choice carries the reason it was chosen, in words and numbers.
 """
@@ -22,10 +24,25 @@ def _condition(doc: dict):
     return ((doc.get("targets") or {}).get("band_gap") or {}).get("value")
 
 
+def relaxed_reason(doc: dict) -> str | None:
+    """Why a candidate is no longer novel and unique after its ML relaxation, or None."""
+    ml = doc.get("ml") or {}
+    if ml.get("matched_reference_relaxed"):
+        return f"relaxed onto known {ml['matched_reference_relaxed']}"
+    if ml.get("duplicate_of_relaxed"):
+        return f"relaxed duplicate of {ml['duplicate_of_relaxed']}"
+    return None
+
+
 def check(doc: dict, rules: dict) -> tuple[bool, list[str]]:
     """(eligible, reasons): the reasons it is not, or the rules it passed when it is."""
     ml = doc.get("ml") or {}
     passed, failed = [], []
+    after = relaxed_reason(doc)
+    if after:
+        failed.append(after)
+    elif "duplicate_of_relaxed" in ml:
+        passed.append("novel and unique after relaxation")
     e_hull = ml.get("e_above_hull")
     if e_hull is None:
         failed.append("no ML energy above hull")

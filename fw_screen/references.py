@@ -55,9 +55,12 @@ from itertools import combinations
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 from monty.json import MontyDecoder
 from pymatgen.core import Composition, Structure
 from pymatgen.entries.computed_entries import ComputedEntry
+
+from fw_screen.uniqueness import is_ordered_dict
 
 PER_SYSTEM, WHOLE_DATABASE, STRUCTURES_ONLY = "per-system", "whole-database", "structures-only"
 COVERS = (PER_SYSTEM, WHOLE_DATABASE, STRUCTURES_ONLY)
@@ -82,6 +85,20 @@ def chemsys_of(elements: Iterable[str]) -> str:
     return "-".join(sorted(set(elements)))
 
 
+#: g/cm^3 of one atomic mass unit per cubic Angstrom
+AMU_PER_A3_IN_G_PER_CM3 = 1.66053906660
+
+
+def density_of(composition: Composition, lattice_matrix) -> float | None:
+    """Mass density (g/cm^3) of a cell of ``composition`` with ``lattice_matrix`` (what Structure.density
+    gives, without building the Structure); None for a degenerate cell."""
+    try:
+        volume = abs(float(np.linalg.det(np.asarray(lattice_matrix, dtype=float))))
+    except (TypeError, ValueError):
+        return None
+    return float(composition.weight) / volume * AMU_PER_A3_IN_G_PER_CM3 if volume > 0 and math.isfinite(volume) else None
+
+
 def reference_document(structure: Structure | None, ref_id: str, set_name: str, properties: dict | None = None,
                        structure_dict: dict | None = None, composition: Composition | None = None) -> dict:
     """A novelty reference: one known structure, keyed by reduced formula.
@@ -98,6 +115,12 @@ def reference_document(structure: Structure | None, ref_id: str, set_name: str, 
         "reduced_formula": comp.reduced_formula,
         "chemsys": chemsys_of(el.symbol for el in comp.elements),
         "nsites": len(structure_dict["sites"]) if structure_dict is not None else len(structure),
+        # partially occupied: matched by ordered approximants when uniqueness.matcher is disordered
+        "ordered": is_ordered_dict(structure_dict) if structure_dict is not None else bool(structure.is_ordered),
+        # the reference distributions of the metrics' Wasserstein distances (density, number of elements)
+        "density": density_of(comp, (structure_dict or {}).get("lattice", {}).get("matrix") if structure_dict is not None
+                              else structure.lattice.matrix),
+        "nelements": len(comp.elements),
         "structure": structure_dict if structure_dict is not None else structure.as_dict(),
         "properties": properties or {},
     }

@@ -44,12 +44,14 @@ from typing import Callable
 import numpy as np
 
 from fw_screen import status as st
-from fw_screen.analysis import AnalysisError, funnel_yields, hull_table, ml_vs_dft, require_campaign
+from fw_screen.analysis import (AnalysisError, campaign_metrics, funnel_yields, hull_table, ml_vs_dft,
+                                require_campaign)
 from fw_screen.db import ResultsStore
 
 #: section keys, in the order they appear (the summary and the progress bar use them)
-SECTIONS = ("campaign", "funnel", "e_hull", "band_gap", "parity", "phase_diagrams", "chemical_space", "candidates")
-TITLES = {"campaign": "Campaign", "funnel": "Funnel and yields", "e_hull": "ML energy above hull per condition",
+SECTIONS = ("campaign", "funnel", "metrics", "e_hull", "band_gap", "parity", "phase_diagrams", "chemical_space", "candidates")
+TITLES = {"campaign": "Campaign", "funnel": "Funnel and yields",
+          "metrics": "Generation metrics, as the papers define them", "e_hull": "ML energy above hull per condition",
           "band_gap": "ML band gap against the target", "parity": "ML against DFT",
           "phase_diagrams": "DFT phase diagrams", "chemical_space": "Chemical space",
           "candidates": "Top candidates"}
@@ -378,6 +380,35 @@ def _yields_table(y: dict) -> str:
               "MatterGen definitions; S is the ML e_above_hull of the relaxed structure). Target hits: |ML band gap − "
               "target| within the tolerance, among the valid candidates with a prediction and among VSUN. Small "
               "numbers: candidates counted (of the denominator where it is not the inputs).</p>")
+
+
+def _section_metrics(ctx: Context) -> str:
+    """The ``fw-screen metrics`` table: every metric with its definition and paper, overall and per condition."""
+    from fw_screen import metrics as mt
+
+    m = campaign_metrics(ctx.store, ctx.campaign)
+    conds = [("all conditions", "all", m["overall"])] + [
+        (_cond_label(c["condition"]), "none" if c["condition"] is None else repr(c["condition"]), c)
+        for c in m["by_condition"]]
+    head = ["metric", *[label for label, _, _ in conds], "definition", "source"]
+    body = []
+    for d in m["definitions"]:
+        cells = [f"<th>{esc(d['name'])}</th>"]
+        cells += [f"<td class='n' data-key='{esc(d['key'])}' data-condition='{esc(attr)}' "
+                  f"data-value='{esc(repr(v.get(d['key'])))}'>{esc(mt.fmt(v.get(d['key']), d['key']))}</td>"
+                  for _, attr, v in conds]
+        cells += [f"<td class='reason'>{esc(d['definition'])}</td>", f"<td><small>{esc(d['source'])}</small></td>"]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    rp, ref = m["relaxed_pass"], m["reference"]
+    note = (f"<p class='muted'>Reference distributions: {ref['structures']:,} structures of "
+            f"{esc(', '.join(ref['sets']) or 'no reference set')}. After relaxation: {rp['checked']:,} of "
+            f"{rp['relaxed']:,} ML-relaxed candidates matched again against the references and each other"
+            + (f"; {rp['pending']:,} wait for the post-relaxation pass ({_code('fw-screen promote ' + ctx.campaign)})"
+               if rp["pending"] else "")
+            + f". The same table: {_code('fw-screen metrics ' + ctx.campaign)} (also {_code('--json')}).</p>")
+    return ("<div class='scroll'><table id='metrics' class='small'><thead><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>" + "".join(body)
+            + "</tbody></table></div>" + note)
 
 
 def _section_e_hull(ctx: Context) -> str:
@@ -820,6 +851,17 @@ def _ml_gap(row: dict) -> str:
     return f"{gap:.2f} ± {err:.2f}" if isinstance(err, (int, float)) else f"{gap:.2f} ± ?"
 
 
+def _after_relaxation(r: dict) -> str:
+    if r.get("matched_reference_relaxed"):
+        return f"known: {r['matched_reference_relaxed']}"
+    if r.get("duplicate_of_relaxed"):
+        return f"duplicate of {r['duplicate_of_relaxed']}"
+    if r.get("novel_relaxed") is None:
+        return "–"
+    sc = r.get("ml_e_above_hull_self_consistent")
+    return "novel, unique" + (f"; self-consistent e_hull {sc:.3f}" if isinstance(sc, (int, float)) else "")
+
+
 def _section_candidates(ctx: Context) -> str:
     if ctx.top <= 0:
         raise _Skip("switched off (--top 0)")
@@ -829,7 +871,7 @@ def _section_candidates(ctx: Context) -> str:
     structures = ctx.store.structures_of([r["id"] for r in rows])
     head = ("#", "candidate", "CIF", "formula", "space group", "sites", "target gap (eV)", "ML e_hull", "DFT e_hull",
             "decomposition", "ML gap ± model MAE (eV)", "DFT-lite gap (eV)", "DFT gap (eV)", "gap hit ML/lite/DFT",
-            "stable ML/DFT", "status", "reason")
+            "stable ML/DFT", "after relaxation", "status", "reason")
     body = []
     for i, r in enumerate(rows, 1):
         cif = _cif(structures.get(r["id"]))
@@ -852,6 +894,7 @@ def _section_candidates(ctx: Context) -> str:
             f"<td class='c'>{_yes_no(r.get('ml_band_gap_hit'))} / {_yes_no(r.get('dft_lite_band_gap_hit'))} / "
             f"{_yes_no(r.get('dft_band_gap_hit'))}</td>"
             f"<td class='c'>{_yes_no(r.get('ml_stable'))} / {_yes_no(r.get('dft_stable'))}</td>"
+            f"<td>{esc(_after_relaxation(r))}</td>"
             f"<td><span class='status s-{esc(r.get('status'))}'>{esc(r.get('status'))}</span></td>"
             f"<td class='reason' title='{esc(reason)}'>{esc(short)}</td></tr>")
     return ("<p class='muted'>DFT-done candidates by DFT e_above_hull, then the ML-done ones by ML e_above_hull "
@@ -935,7 +978,7 @@ def _page(ctx: Context, sections: list[Section], seconds: float) -> str:
 
 
 BUILDERS: dict[str, Callable] = {
-    "campaign": _section_campaign, "funnel": _section_funnel, "e_hull": _section_e_hull,
+    "campaign": _section_campaign, "funnel": _section_funnel, "metrics": _section_metrics, "e_hull": _section_e_hull,
     "band_gap": _section_band_gap, "parity": _section_parity, "phase_diagrams": _section_phase_diagrams,
     "chemical_space": _section_chemical_space, "candidates": _section_candidates,
 }

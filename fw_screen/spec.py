@@ -34,6 +34,9 @@ class SpecError(ValueError):
 
 #: ``property.method``: where the target-hit verdict that promotion uses comes from
 PROPERTY_METHODS = ("ml", "dft_lite")
+#: uniqueness.matcher: pymatgen's StructureMatcher as is, or with an order-disorder comparator against
+#: partially occupied references (fw_screen/uniqueness.py)
+MATCHERS = ("ordered", "disordered")
 
 
 def _default_path() -> Path:
@@ -106,6 +109,9 @@ def validate(spec: dict) -> dict:
     _number(spec, "validity.max_sites", 1, integer=True)
     for key in ("ltol", "stol", "angle_tol"):
         _number(spec, f"uniqueness.{key}", 0)
+    if spec["uniqueness"]["matcher"] not in MATCHERS:
+        raise SpecError(f"uniqueness.matcher: expected one of {', '.join(MATCHERS)}, "
+                        f"got {spec['uniqueness']['matcher']!r}")
     conditions = spec["conditions"]
     if not isinstance(conditions, list):
         raise SpecError(f"conditions: expected a list, got {conditions!r}")
@@ -178,7 +184,8 @@ def validate(spec: dict) -> dict:
 
 #: settings added after campaigns were first stored, with the value that reproduces what such a campaign did
 #: where it is not the default (before the DFT-lite tier, promotion's target hit was the ML gap's)
-ADDED_SETTINGS = {"property": {"method": "ml", "widen_tolerance_by_model_error": None, "dft_lite_kppa": None,
+ADDED_SETTINGS = {"uniqueness": {"matcher": "ordered"},
+                  "property": {"method": "ml", "widen_tolerance_by_model_error": None, "dft_lite_kppa": None,
                                "dft_lite_nscf_kppa": None, "dft_lite_max_sites": None}}
 
 

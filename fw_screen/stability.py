@@ -297,3 +297,18 @@ def hull_distance(entry, pd: PhaseDiagram) -> dict:
         "energy_per_atom": float(entry.energy_per_atom),
         "correction_per_atom": float(entry.correction_per_atom),
     }
+
+
+def self_consistent_hull(reference: PhaseDiagram, candidates: list, evaluate: list) -> list[float]:
+    """Energies above the hull (eV/atom, negative below) of the ``evaluate`` entries against the hull of
+    ``reference`` joined by the ``candidates`` entries (a campaign's own relaxed stable candidates, so two
+    candidates of one system are judged against each other too -- MatterGen's self-consistent hull, here
+    built on the whole reference hull).
+
+    Only hull vertices shape a hull, so the reference's stable entries stand for all of its entries (same
+    numbers, a smaller hull to build); an entry above the reference hull can only stay above the joint one.
+    """
+    if not candidates:
+        return [float(reference.get_e_above_hull(e, allow_negative=True)) for e in evaluate]
+    joint = PhaseDiagram(list(reference.stable_entries) + list(candidates))
+    return [float(joint.get_e_above_hull(e, allow_negative=True)) for e in evaluate]

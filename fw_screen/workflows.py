@@ -170,8 +170,9 @@ def after_ml_stage(store, campaign: str, db_file: str | None = None) -> tuple[li
     """What a campaign needs once its ML stage is done: with ``property.method: dft_lite`` the DFT-lite
     Fireworks of its ML-stable candidates first; once every DFT-lite gap is in (or with method ``ml``), the
     promotion and the DFT workflow of the promoted candidates.  Returns (workflows to add, counts)."""
-    from fw_screen.campaign import dft_lite_pending, plan_dft_lite, run_promotion
+    from fw_screen.campaign import dft_lite_pending, plan_dft_lite, run_promotion, run_relaxed_uniqueness
 
+    run_relaxed_uniqueness(store, campaign)  # relaxed-known and relaxed duplicates get no DFT-lite, no DFT
     queued = plan_dft_lite(store, campaign)
     if queued:
         return [dft_lite_workflow(store, campaign, queued, db_file)], {"dft_lite_queued": len(queued)}
@@ -189,9 +190,10 @@ def promote(launchpad, store, campaign: str, db_file: str | None = None) -> dict
     Candidates promoted earlier that have no DFT Firework yet (an interrupted run) get one too.  With
     ``property.method: dft_lite``, ML-stable candidates without a DFT-lite gap (or whose DFT-lite Firework
     is gone) get their DFT-lite Fireworks first, and promotion waits for them."""
-    from fw_screen.campaign import plan_dft_lite, run_promotion
+    from fw_screen.campaign import plan_dft_lite, run_promotion, run_relaxed_uniqueness
     from fw_screen.db import stage_keys_with_fireworks
 
+    relaxed = run_relaxed_uniqueness(store, campaign)
     have = stage_keys_with_fireworks(launchpad, campaign, "dft_lite", "candidate")
     lite = plan_dft_lite(store, campaign)
     lite += [c for c in store.dft_lite_queued(campaign) if c not in have and c not in lite]
@@ -199,6 +201,7 @@ def promote(launchpad, store, campaign: str, db_file: str | None = None) -> dict
     if lite_wf is not None:
         launchpad.add_wf(lite_wf)
     summary = run_promotion(store, campaign)
+    summary["relaxed"] = relaxed
     summary["dft_lite_fireworks"] = len(lite)
     todo = promoted_without_dft_fireworks(launchpad, store, campaign)
     wf = dft_workflow(store, todo, db_file)

@@ -112,6 +112,10 @@ def test_every_query_of_the_cheap_and_ml_stages_is_index_backed(logged_store, sp
     store.failure_counts(name)
     cp.ml_stage_finished(store, name)
     cp.funnel_report(store, name)
+    # the post-relaxation pass and `fw-screen metrics`
+    cp.run_relaxed_uniqueness(store, name)
+    from fw_screen.analysis import campaign_metrics
+    campaign_metrics(store, name)
     store.dft_waiting()
     store.dft_waiting("some-protocol")
 

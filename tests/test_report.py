@@ -336,7 +336,7 @@ def test_cheap_stages_only_explain_what_is_missing(store, tmp_path):
     run_cheap_stages(store, spec, DATA / "crystallm_pi_16.cif")
     summary = build_report(store, "cheap", tmp_path / "r.html", chemical_space=False, progress=True)
     page = Path(summary["path"]).read_text()
-    assert summary["drawn"] == ["campaign", "funnel"]
+    assert summary["drawn"] == ["campaign", "funnel", "metrics"]  # the cheap metrics need no ML
     assert summary["skipped"]["chemical_space"].startswith("switched off")
     for key in ("e_hull", "band_gap", "parity", "phase_diagrams", "candidates"):
         assert "the ML stage has not run" in summary["skipped"][key], summary["skipped"][key]

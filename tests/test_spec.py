@@ -85,6 +85,7 @@ def test_condition_table_replaced_whole_and_keys_normalised(tmp_path):
     ({"ingest": {"cif_columns": "Generated CIF"}}, "ingest.cif_columns"),
     ({"ingest": {"cif_columns": []}}, "ingest.cif_columns"),
     ({"uniqueness": {"ltol": None}}, "uniqueness.ltol"),
+    ({"uniqueness": {"matcher": "fuzzy"}}, "uniqueness.matcher"),
     ({"campaign": "has space"}, "campaign"),
     ({"campaign": "x" * 65}, "campaign"),
     ({"fireworks": {"category_ml": 3}}, "fireworks.category_ml"),
