@@ -431,18 +431,18 @@ def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
             if d["ml"].get("match_key_relaxed"):
                 by_key[d["ml"]["match_key_relaxed"]].append(d)
         shared = [k for k, members in by_key.items() if len(members) > 1]
-        structures = store.documents_by_id("candidates", [d["_id"] for k in shared for d in by_key[k]],
-                                           ["ml.structure_relaxed_reduced"]) if shared else {}
         matcher = uq.make_matcher(spec["uniqueness"])
         duplicate_of = {d["_id"]: None for d in docs}
-        for i, key in enumerate(shared):
-            members = sorted(by_key[key], key=lambda d: d.get("seq", 0))
-            items = [uq.Item(d["_id"], Structure.from_dict(structures[d["_id"]]["ml"]["structure_relaxed_reduced"]))
-                     for d in members]
-            energies = {d["_id"]: _finite(d["ml"].get("e_above_hull")) for d in members}
-            duplicate_of.update(uq.relaxed_groups(items, energies, matcher))
-            if i % 50 == 49:
-                store.renew_lock(f"{campaign}:relaxed", owner, lease_s=600)
+        for chunk in _key_chunks(shared, by_key, RELAXED_CHUNK):  # structures of a few keys in memory at a time
+            structures = store.documents_by_id("candidates", [d["_id"] for k in chunk for d in by_key[k]],
+                                               ["ml.structure_relaxed_reduced"])
+            for key in chunk:
+                members = sorted(by_key[key], key=lambda d: d.get("seq", 0))
+                items = [uq.Item(d["_id"], Structure.from_dict(structures[d["_id"]]["ml"]["structure_relaxed_reduced"]))
+                         for d in members]
+                energies = {d["_id"]: _finite(d["ml"].get("e_above_hull")) for d in members}
+                duplicate_of.update(uq.relaxed_groups(items, energies, matcher))
+            store.renew_lock(f"{campaign}:relaxed", owner, lease_s=600)
         counts["groups"] = len(shared)
         counts["duplicates"] = sum(v is not None for v in duplicate_of.values())
         counts["known"] = sum(bool(d["ml"].get("matched_reference_relaxed")) for d in docs)
@@ -484,6 +484,22 @@ def _relaxed_fingerprint(store: ResultsStore, spec: dict, docs: list[dict]) -> s
     return h.hexdigest()
 
 
+#: relaxed structures decoded at once by the post-relaxation pass (whole match keys, at least one key)
+RELAXED_CHUNK = 2000
+
+
+def _key_chunks(keys: list[str], by_key: dict, size: int):
+    chunk, n = [], 0
+    for k in keys:
+        chunk.append(k)
+        n += len(by_key[k])
+        if n >= size:
+            yield chunk
+            chunk, n = [], 0
+    if chunk:
+        yield chunk
+
+
 def _with_ml(docs: list[dict]) -> list[dict]:
     for d in docs:
         d.setdefault("ml", {})
@@ -495,20 +511,24 @@ def _finite(x) -> float:
 
 
 def _backfill_relaxed(store: ResultsStore, spec: dict, ids: list[str]) -> int:
-    """The relaxed verdict of candidates relaxed before it was computed at relaxation time."""
-    docs = store.documents_by_id("candidates", ids, ["structure_reduced", "ml.structure_relaxed", "reduced_formula",
-                                                      "chemsys"])
-    references = ReferenceMatcher(store, spec, {d.get("reduced_formula") for d in docs.values()},
-                                  {d.get("chemsys") for d in docs.values()})
-    updates = []
-    for cid, d in docs.items():
-        try:
-            fields = relaxed_verdict(Structure.from_dict(d["structure_reduced"]),
-                                     Structure.from_dict(d["ml"]["structure_relaxed"]), spec, store, references)
-        except Exception as exc:
-            fields = {"relaxed_match_error": f"{type(exc).__name__}: {exc}"}
-        updates.append((cid, {f"ml.{k}": v for k, v in fields.items()}))
-    return store.set_fields(updates)
+    """The relaxed verdict of candidates relaxed before it was computed at relaxation time (or before the
+    reference sets last changed), ``RELAXED_CHUNK`` candidates at a time."""
+    changed = 0
+    for i in range(0, len(ids), RELAXED_CHUNK):
+        docs = store.documents_by_id("candidates", ids[i:i + RELAXED_CHUNK],
+                                     ["structure_reduced", "ml.structure_relaxed", "reduced_formula", "chemsys"])
+        references = ReferenceMatcher(store, spec, {d.get("reduced_formula") for d in docs.values()},
+                                      {d.get("chemsys") for d in docs.values()})
+        updates = []
+        for cid, d in docs.items():
+            try:
+                fields = relaxed_verdict(Structure.from_dict(d["structure_reduced"]),
+                                         Structure.from_dict(d["ml"]["structure_relaxed"]), spec, store, references)
+            except Exception as exc:
+                fields = {"relaxed_match_error": f"{type(exc).__name__}: {exc}"}
+            updates.append((cid, {f"ml.{k}": v for k, v in fields.items()}))
+        changed += store.set_fields(updates)
+    return changed
 
 
 def _self_consistent(store: ResultsStore, spec: dict, docs: list[dict]) -> tuple[dict[str, float | None], int]:

@@ -919,7 +919,7 @@ def cmd_demo(args) -> int:
           f"browser, it needs no network)")
     print(f"total {time.perf_counter() - t0:.1f} s; query it: lpad -l {lp_file} get_wflows; "
           f"fw-screen status -c {spec['campaign']} [--watch]; fw-screen table {spec['campaign']} --stage ml; "
-          f"fw-screen compare {spec['campaign']}")
+          f"fw-screen compare {spec['campaign']}; fw-screen metrics {spec['campaign']} (the papers' table)")
     return 0
 
 

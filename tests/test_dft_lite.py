@@ -26,6 +26,7 @@ from pymatgen.core import Lattice, Structure
 from fw_screen import dft_lite, qe
 from fw_screen import property as prop
 from fw_screen import status as st
+from fw_screen import hulls
 from fw_screen.campaign import load_references, run_promotion
 from fw_screen.cli import format_top, launch_workers
 from fw_screen.spec import default_spec, load_spec
@@ -154,14 +155,21 @@ def test_dft_lite_tier_decides_promotion_through_fireworks(launchpad, launchpad_
     store.register_campaign(spec)
     load_references(store, EXAMPLES / "mp_Li-Co-Ni-O.json.gz")  # the DFT hull's phases, for promotion
     big = _li2o() * (2, 1, 1)  # 6 sites > dft_lite_max_sites
-    store.candidates.insert_many([
+    docs = [
         # ML says 0.3 eV (a miss of the 5 eV target); PBE Li2O is ~5 eV: DFT-lite makes it a hit
         _ml_done("lite:li2o", _li2o(), 0.0, 5.0, 0.3, 0),
         # ML says 5.2 eV (a hit); bcc Li is a metal: DFT-lite makes it a miss
         _ml_done("lite:li", _bcc_li(), 0.02, 5.0, 5.2, 1),
         _ml_done("lite:big", big, 0.01, 5.0, 4.9, 2),
         _ml_done("lite:unstable", _li2o(), 0.4, 5.0, 4.9, 3),  # not ML-stable: no DFT-lite gap
-    ])
+    ]
+    # known phases stand in for novel candidates here (their PBE gaps are known): stamped as the
+    # post-relaxation pass leaves novel, unique ones, so it keeps them (tests/test_relaxed_sun.py tests the pass)
+    sets = hulls.sets_version(store.reference_sets())
+    for d in docs:
+        d["ml"].update({"match_key_relaxed": d["_id"], "matched_reference_relaxed": None, "novel_relaxed": True,
+                        "relaxed_sets": sets})
+    store.candidates.insert_many(docs)
     # promotion waits while DFT-lite gaps are missing
     assert run_promotion(store, "lite")["waiting_dft_lite"] == 3
     wfs, info = after_ml_stage(store, "lite", db_file=str(launchpad_file))
