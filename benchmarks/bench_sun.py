@@ -65,7 +65,7 @@ REFERENCE_FILES = ("mp_Li-Co-Ni-O.json.gz", "mp_Na-Fe-P-O.json.gz", "mp-elementa
 def _store(uri: str, db: str) -> ResultsStore:
     from pymongo import MongoClient
 
-    return ResultsStore(MongoClient(uri, retryWrites=False)[db])
+    return ResultsStore(MongoClient(uri, **server.CLIENT_KWARGS)[db])  # a long query stalls the heartbeat
 
 
 def _validity_batch(args):
@@ -129,6 +129,9 @@ def synthesize_ml(store: ResultsStore, campaign: str, seed: int = 0) -> dict:
     return {"relaxed": len(ops), "covered_by_a_hull": covered}
 
 
+POST_RELAXATION_FIELDS = ("structure_relaxed_reduced", "match_key_relaxed", "matched_reference_relaxed",
+                          "novel_relaxed", "relaxed_sets", "rmsd_relaxed", "duplicate_of_relaxed",
+                          "e_above_hull_self_consistent", "stable_self_consistent", "relaxed_match_error")
 ML_STAGE_FIELDS = ("structure_relaxed", "e_above_hull", "stable", "hull", "relax", "synthetic")
 
 
@@ -266,27 +269,43 @@ def main(argv=None) -> int:
     ap.add_argument("--sample", type=int, default=400, help="relaxed candidates in the naive comparison")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_sun.json", help="where the JSON results go")
+    ap.add_argument("--reuse", type=Path, help="the server home of an earlier run: its campaigns as they are "
+                                               "(skips the cheap stages, the synthetic ML and the copies)")
+    ap.add_argument("--only", choices=["8k", "100k"], help="measure one campaign only")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     results = {"machine": machine_info(), "code": code_version(), "args": vars(args), "load_before": loadavg()}
-    home = Path(tempfile.mkdtemp(prefix="bench_sun_"))
+    home = args.reuse or Path(tempfile.mkdtemp(prefix="bench_sun_"))
     info = server.start(home, port=free_port())
     uri = f"mongodb://{info['host']}:{info['port']}/"
-    db = f"sun_{uuid.uuid4().hex[:6]}"
     try:
-        spec = load_spec(campaign="demo8k")
-        source, n = bcf.subsample(bcf.DEFAULT_INPUT, args.n if args.n < 8000 else None, home / "in.parquet")
-        results["cheap_stages"] = cheap_stages(uri, db, spec, source, args.workers)
-        print("cheap stages:", results["cheap_stages"], flush=True)
-        store = _store(uri, db)
-        results["synthetic_ml"] = synthesize_ml(store, "demo8k")
-        print("synthetic ML:", results["synthetic_ml"], flush=True)
+        if args.reuse:
+            from pymongo import MongoClient
+
+            db = next(n for n in MongoClient(uri, **server.CLIENT_KWARGS).list_database_names() if n.startswith("sun_"))
+            store = _store(uri, db)
+            results["reused"] = str(args.reuse)
+        else:
+            db = f"sun_{uuid.uuid4().hex[:6]}"
+            spec = load_spec(campaign="demo8k")
+            source, n = bcf.subsample(bcf.DEFAULT_INPUT, args.n if args.n < 8000 else None, home / "in.parquet")
+            results["cheap_stages"] = cheap_stages(uri, db, spec, source, args.workers)
+            print("cheap stages:", results["cheap_stages"], flush=True)
+            store = _store(uri, db)
+            results["synthetic_ml"] = synthesize_ml(store, "demo8k")
+            print("synthetic ML:", results["synthetic_ml"], flush=True)
         for label, campaign in (("8k", "demo8k"), ("100k", "big")):
-            if label == "100k":
+            if args.only and label != args.only:
+                continue
+            if label == "100k" and store.candidates.count_documents({"campaign": "big"}, limit=1) == 0:
                 t0 = time.perf_counter()
                 size = copy_campaign(store, "demo8k", "big", args.copies)
                 results["copy_seconds"] = round(time.perf_counter() - t0, 1)
                 print(f"copied to {size} candidates", flush=True)
+            if args.reuse and store.relaxed_pass(campaign):  # measure the cold pass from scratch
+                store.candidates.update_many({"campaign": campaign, "status": st.ML_DONE}, {"$unset": {
+                    f"ml.{k}": 1 for k in POST_RELAXATION_FIELDS}})
+                store.campaigns.update_one({"_id": campaign}, {"$unset": {"relaxed_pass": 1}})
             r = {"candidates": store.candidates.count_documents({"campaign": campaign})}
             r["pass"] = time_pass(store, campaign)
             print(label, "pass:", r["pass"], flush=True)
@@ -308,6 +327,8 @@ def main(argv=None) -> int:
     save_results(args.out, results)
     print("peak RSS (MB):", results["peak_rss_mb"])
     for label in ("8k", "100k"):
+        if label not in results:
+            continue
         r = results[label]
         print(f"{label}: {r['candidates']} candidates, pass cold {r['pass']['cold']['seconds']} s "
               f"(naive, extrapolated {r['naive_pass']['pairs_extrapolated_seconds'] + r['naive_pass']['references_extrapolated_seconds']} s; "

@@ -424,7 +424,8 @@ def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
         fingerprint = _relaxed_fingerprint(store, spec, docs)
         last = store.relaxed_pass(campaign) or {}
         if last.get("fingerprint") == fingerprint and not todo:  # nothing it depends on changed
-            return {**last.get("counts", {}), "unchanged": True, "seconds": round(time.perf_counter() - t0, 3)}
+            return {"unchanged": True, "relaxed": len(docs), "last_pass": last.get("at"),
+                    "seconds": round(time.perf_counter() - t0, 3)}
         counts["relaxed"] = len(docs)
         by_key: dict[str, list[dict]] = defaultdict(list)
         for d in docs:

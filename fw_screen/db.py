@@ -291,62 +291,75 @@ class ResultsStore:
 
         Returns ``[{"condition", "n", name: sum, ..., "density": [...], "nelements": [...]}]``."""
         thresholds = [float(t) for t in thresholds]
-
         num = _is_number
+        status = "$status"
+        e, e_sc, d = "$ml.e_above_hull", "$ml.e_above_hull_self_consistent", "$dft.e_above_hull"
+        checks = "$validity.checks"
+        sg0, sg1 = "$ml.relax.spacegroup_number_initial", "$ml.relax.spacegroup_number_final"
+        target = "$targets.band_gap.value"
+        relaxed = {"$in": [status, list(st.ML_DONE_OR_LATER)]}
+        checked = {"$and": [relaxed, {"$ne": [{"$type": "$ml.duplicate_of_relaxed"}, "missing"]}]}
+
+        def number_or_null(path, *conds):
+            return {"$cond": [{"$and": [num(path), *conds]}, path, None]}
+
+        # each document's flags and values, computed once (the server evaluates every expression per document)
+        flags = {
+            "c": f"${by}", "valid": {"$in": [status, list(st.VALID_OR_LATER)]},
+            "unique": {"$in": [status, [st.KNOWN, *st.NOVEL_OR_LATER]]},
+            "novel": {"$in": [status, list(st.NOVEL_OR_LATER)]}, "relaxed": relaxed, "checked": checked,
+            "known_r": {"$and": [checked, {"$eq": ["$ml.novel_relaxed", False]}]},
+            "dup_r": {"$and": [checked, {"$gt": ["$ml.duplicate_of_relaxed", None]}]},
+            "nur": {"$and": [checked, {"$eq": ["$ml.novel_relaxed", True]},
+                             {"$eq": [{"$ifNull": ["$ml.duplicate_of_relaxed", None]}, None]}]},
+            "e": number_or_null(e), "e_sc": number_or_null(e_sc),
+            "novel_composition": {"$eq": ["$novel_composition", True]},
+            "rmsd": number_or_null("$ml.rmsd_relaxed", relaxed),
+            "sg_n": {"$and": [relaxed, num(sg0), num(sg1)]}, "sg_same": {"$eq": [sg0, sg1]},
+            "smact": {"$eq": [f"{checks}.smact.passed", True]},
+            "structural": {"$and": [{"$eq": [f"{checks}.min_distance.passed", True]},
+                                    {"$eq": [f"{checks}.volume.passed", True]}]},
+            "density": "$density", "has_density": num("$density"), "elements": "$elements",
+            "dft_pair": {"$and": [{"$eq": [status, st.DFT_DONE]}, num(d), num(e)]},
+            "ml_le0": {"$lte": [e, 0.0]}, "dft_le0": {"$lte": [d, 0.0]},
+        }
+        for name, path in (("ml", "$ml.band_gap.band_gap"), ("dft_lite", "$dft_lite.band_gap.band_gap"),
+                           ("dft", "$dft.band_gap.band_gap")):
+            flags[f"gap_{name}"] = {"$cond": [{"$and": [num(path), num(target)]},
+                                              {"$abs": {"$subtract": [path, target]}}, None]}
 
         def count(*conds):
             return {"$sum": {"$cond": [{"$and": list(conds)} if len(conds) > 1 else conds[0], 1, 0]}}
 
-        def total(value, *conds):
-            return {"$sum": {"$cond": [{"$and": list(conds)} if len(conds) > 1 else conds[0], value, 0]}}
+        def has(field):
+            return {"$ne": [f"${field}", None]}
 
-        status = "$status"
-        valid = {"$in": [status, list(st.VALID_OR_LATER)]}
-        unique = {"$in": [status, [st.KNOWN, *st.NOVEL_OR_LATER]]}
-        novel = {"$in": [status, list(st.NOVEL_OR_LATER)]}
-        relaxed = {"$in": [status, list(st.ML_DONE_OR_LATER)]}
-        e, e_sc = "$ml.e_above_hull", "$ml.e_above_hull_self_consistent"
-        checked = {"$and": [relaxed, {"$ne": [{"$type": "$ml.duplicate_of_relaxed"}, "missing"]}]}
-        novel_unique_relaxed = {"$and": [checked, {"$eq": ["$ml.novel_relaxed", True]},
-                                         {"$eq": [{"$ifNull": ["$ml.duplicate_of_relaxed", None]}, None]}]}
-        checks = "$validity.checks"
-        smact = {"$eq": [f"{checks}.smact.passed", True]}
-        structural = {"$and": [{"$eq": [f"{checks}.min_distance.passed", True]},
-                               {"$eq": [f"{checks}.volume.passed", True]}]}
-        sg0, sg1 = "$ml.relax.spacegroup_number_initial", "$ml.relax.spacegroup_number_final"
-        target = "$targets.band_gap.value"
         group: dict = {
-            "_id": f"${by}", "n": {"$sum": 1}, "valid": count(valid), "valid_unique": count(unique),
-            "vun": count(novel), "vun_evaluated": count(novel, num(e)), "relaxed": count(relaxed),
-            "relaxed_checked": count(checked), "relaxed_known": count(checked, {"$eq": ["$ml.novel_relaxed", False]}),
-            "relaxed_duplicate": count(checked, {"$ne": [{"$ifNull": ["$ml.duplicate_of_relaxed", None]}, None]}),
-            "novel_unique_relaxed": count(novel_unique_relaxed),
-            "novel_composition": count(unique, {"$eq": ["$novel_composition", True]}),
-            "rmsd_n": count(relaxed, num("$ml.rmsd_relaxed")),
-            "rmsd_sum": total("$ml.rmsd_relaxed", relaxed, num("$ml.rmsd_relaxed")),
-            "spacegroup_n": count(relaxed, num(sg0), num(sg1)),
-            "spacegroup_kept": count(relaxed, num(sg0), num(sg1), {"$eq": [sg0, sg1]}),
-            "smact": count(smact), "structural": count(structural), "smact_and_structural": count(smact, structural),
-            "density": {"$push": {"$cond": [{"$and": [valid, num("$density")]}, "$density", "$$REMOVE"]}},
-            "nelements": {"$push": {"$cond": [{"$and": [valid, {"$isArray": "$elements"}]},
+            "_id": "$c", "n": {"$sum": 1}, "valid": count("$valid"), "valid_unique": count("$unique"),
+            "vun": count("$novel"), "vun_evaluated": count("$novel", has("e")), "relaxed": count("$relaxed"),
+            "relaxed_checked": count("$checked"), "relaxed_known": count("$known_r"),
+            "relaxed_duplicate": count("$dup_r"), "novel_unique_relaxed": count("$nur"),
+            "novel_composition": count("$unique", "$novel_composition"),
+            "rmsd_n": count(has("rmsd")), "rmsd_sum": {"$sum": "$rmsd"},
+            "spacegroup_n": count("$sg_n"), "spacegroup_kept": count("$sg_n", "$sg_same"),
+            "smact": count("$smact"), "structural": count("$structural"),
+            "smact_and_structural": count("$smact", "$structural"),
+            "density": {"$push": {"$cond": [{"$and": ["$valid", "$has_density"]}, "$density", "$$REMOVE"]}},
+            "nelements": {"$push": {"$cond": [{"$and": ["$valid", {"$isArray": "$elements"}]},
                                               {"$size": {"$ifNull": ["$elements", []]}}, "$$REMOVE"]}},
         }
-        for name, path in (("ml", "$ml.band_gap.band_gap"), ("dft_lite", "$dft_lite.band_gap.band_gap"),
-                           ("dft", "$dft.band_gap.band_gap")):
-            both = [num(path), num(target)]
-            group[f"gap_{name}_n"] = count(*both)
-            group[f"gap_{name}_abs_sum"] = total({"$abs": {"$subtract": [path, target]}}, *both)
-        d = "$dft.e_above_hull"
-        with_dft = [{"$eq": [status, st.DFT_DONE]}, num(d), num(e)]
+        for name in ("ml", "dft_lite", "dft"):
+            group[f"gap_{name}_n"] = count(has(f"gap_{name}"))
+            group[f"gap_{name}_abs_sum"] = {"$sum": f"$gap_{name}"}
         for name, ml_ok, dft_ok in (("tp", True, True), ("fp", True, False), ("fn", False, True), ("tn", False, False)):
-            group[f"dft_{name}"] = count(*with_dft, {"$eq": [{"$lte": [e, 0.0]}, ml_ok]}, {"$eq": [{"$lte": [d, 0.0]}, dft_ok]})
+            group[f"dft_{name}"] = count("$dft_pair", {"$eq": ["$ml_le0", ml_ok]}, {"$eq": ["$dft_le0", dft_ok]})
         for i, thr in enumerate(thresholds):
-            group[f"vsun_{i}"] = count(novel, num(e), {"$lte": [e, thr]})
-            group[f"sun_{i}"] = count(novel_unique_relaxed, num(e), {"$lte": [e, thr]})
-            group[f"sun_sc_{i}"] = count(novel_unique_relaxed, num(e_sc), {"$lte": [e_sc, thr]})
+            group[f"vsun_{i}"] = count("$novel", has("e"), {"$lte": ["$e", thr]})
+            group[f"sun_{i}"] = count("$nur", has("e"), {"$lte": ["$e", thr]})
+            group[f"sun_sc_{i}"] = count("$nur", has("e_sc"), {"$lte": ["$e_sc", thr]})
         out = []
-        for r in self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$group": group},
-                                            {"$sort": {"_id": 1}}], allowDiskUse=True):
+        for r in self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$project": flags},
+                                            {"$group": group}, {"$sort": {"_id": 1}}], allowDiskUse=True):
             row = {"condition": r.pop("_id"), **r}
             for i, thr in enumerate(thresholds):
                 for key in ("vsun", "sun", "sun_sc"):
