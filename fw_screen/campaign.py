@@ -375,7 +375,8 @@ def relaxed_verdict(generated: Structure, relaxed: Structure, spec: dict, store:
                     references: ReferenceMatcher | None = None) -> dict:
     """What relaxation changed for one candidate (``ml.*`` fields): the relaxed structure's reduced cell and
     match key, the reference it matches (``matched_reference_relaxed``; ``novel_relaxed`` when none), the
-    RMS displacement from the generated cell (Angstrom) and whether it kept its space group."""
+    reference sets' version it was matched against (``relaxed_sets``) and the RMS displacement from the
+    generated cell (Angstrom).  Whether it kept its space group is read from ``ml.relax``."""
     reduced = uq.reduce_structure(relaxed)
     key = uq.match_key(reduced)
     formula = reduced.composition.reduced_formula
@@ -421,7 +422,7 @@ def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
         if todo:  # relaxed before the verdict was taken at relaxation time, or reference sets changed since
             counts["backfilled"] = _backfill_relaxed(store, spec, todo)
             docs = _with_ml(store.relaxed_candidates(campaign, _RELAXED_FIELDS))
-        fingerprint = _relaxed_fingerprint(store, spec, docs)
+        fingerprint = _relaxed_fingerprint(spec, sets, docs)
         last = store.relaxed_pass(campaign) or {}
         if last.get("fingerprint") == fingerprint and not todo:  # nothing it depends on changed
             return {"unchanged": True, "relaxed": len(docs), "last_pass": last.get("at"),
@@ -467,17 +468,15 @@ def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
     return counts
 
 
-def _relaxed_fingerprint(store: ResultsStore, spec: dict, docs: list[dict]) -> str:
+def _relaxed_fingerprint(spec: dict, sets: str, docs: list[dict]) -> str:
     """What the pass's verdicts depend on: the relaxed candidates (id, relaxed match key, hull distance,
-    relaxed-known), the active reference sets and the matcher settings."""
+    relaxed-known), the active reference sets (``sets``: their version) and the matcher settings."""
     import hashlib
     import json
 
-    from fw_screen import hulls
-
     h = hashlib.sha256()
-    h.update(json.dumps([spec["uniqueness"], spec["ml"]["stability_threshold"],
-                         hulls.sets_version(store.reference_sets())], sort_keys=True, default=str).encode())
+    h.update(json.dumps([spec["uniqueness"], spec["ml"]["stability_threshold"], sets],
+                        sort_keys=True, default=str).encode())
     for d in sorted(docs, key=lambda d: d["_id"]):
         ml = d["ml"]
         h.update(f"{d['_id']}|{ml.get('match_key_relaxed')}|{ml.get('e_above_hull')}|"
@@ -715,7 +714,7 @@ def plan_dft_lite(store: ResultsStore, campaign: str) -> list[str]:
 
     Candidates larger than ``property.dft_lite_max_sites`` are recorded as skipped (with the reason); the
     others are marked queued (atomically: two workers planning at once share them out) and returned."""
-    from fw_screen import dft_lite
+    from fw_screen import dft_lite, promotion
 
     spec = store.campaign_spec(campaign)
     if spec["property"]["method"] != "dft_lite":
@@ -723,7 +722,7 @@ def plan_dft_lite(store: ResultsStore, campaign: str) -> list[str]:
     todo, skipped = [], []
     for doc in store.dft_lite_waiting(campaign, spec["ml"]["stability_threshold"]):
         relaxed = (doc.get("ml") or {}).get("structure_relaxed")
-        known = relaxed_known_or_duplicate(doc)
+        known = promotion.relaxed_reason(doc)
         if known:
             skipped.append((doc["_id"], {"status": "skipped", "reason": known}))
             continue
@@ -737,13 +736,6 @@ def plan_dft_lite(store: ResultsStore, campaign: str) -> list[str]:
             todo.append(doc["_id"])
     store.set_dft_lite_if_absent(skipped)
     return store.set_dft_lite_if_absent([(i, {"status": "queued"}) for i in todo])
-
-
-def relaxed_known_or_duplicate(doc: dict) -> str | None:
-    """Why a candidate is not novel and unique after relaxation (None when it is, or was not checked)."""
-    from fw_screen import promotion
-
-    return promotion.relaxed_reason(doc)
 
 
 def dft_lite_pending(store: ResultsStore, campaign: str) -> int:

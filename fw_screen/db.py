@@ -371,7 +371,9 @@ class ResultsStore:
         """Density (g/cm^3) and number of elements of every structure of the active reference sets (the
         metrics' reference distributions); documents stored before those fields were written get them
         computed from their structure once (cached)."""
-        from fw_screen.references import density_of
+        from pymatgen.core import Composition
+
+        from fw_screen.references import distribution_fields
 
         active = sorted(self._active_set_names())
         dens, nel, missing = [], [], []
@@ -386,14 +388,12 @@ class ResultsStore:
         for i in range(0, len(missing), 500):
             for d in self.references.find({"_id": {"$in": missing[i:i + 500]}}, {"structure.lattice.matrix": 1,
                                                                                  "formula": 1}):
-                from pymatgen.core import Composition
-
-                comp = Composition(d["formula"])
-                rho = density_of(comp, ((d.get("structure") or {}).get("lattice") or {}).get("matrix"))
-                cache.append((d["_id"], {"density": rho, "nelements": len(comp.elements)}))
-                if rho is not None:
-                    dens.append(rho)
-                nel.append(len(comp.elements))
+                fields = distribution_fields(Composition(d["formula"]),
+                                             ((d.get("structure") or {}).get("lattice") or {}).get("matrix"))
+                cache.append((d["_id"], fields))
+                if fields["density"] is not None:
+                    dens.append(fields["density"])
+                nel.append(fields["nelements"])
         if cache:
             self.cache_reference_reduction(cache)
         return {"density": dens, "nelements": nel}
@@ -552,17 +552,16 @@ class ResultsStore:
 
     def references_with_formula(self, formulas: Iterable[str], projection: dict | None = None) -> Iterator[dict]:
         """Reference structures of active sets with one of ``formulas`` (indexed by reduced formula)."""
-        active = self._active_set_names()
-        fields = {**projection, "set": 1} if projection else None
-        for doc in self.references.find({"reduced_formula": {"$in": sorted(set(formulas))}}, fields):
-            if doc.get("set") in active:
-                yield doc
+        return self._active_references({"reduced_formula": {"$in": sorted(set(formulas))}}, projection)
 
     def disordered_references(self, chemsys: Iterable[str], projection: dict | None = None) -> Iterator[dict]:
         """Partially occupied reference structures of active sets in one of ``chemsys`` (indexed)."""
+        return self._active_references({"ordered": False, "chemsys": {"$in": sorted(set(chemsys))}}, projection)
+
+    def _active_references(self, query: dict, projection: dict | None) -> Iterator[dict]:
         active = self._active_set_names()
         fields = {**projection, "set": 1} if projection else None
-        for doc in self.references.find({"ordered": False, "chemsys": {"$in": sorted(set(chemsys))}}, fields):
+        for doc in self.references.find(query, fields):
             if doc.get("set") in active:
                 yield doc
 

@@ -99,6 +99,11 @@ def density_of(composition: Composition, lattice_matrix) -> float | None:
     return float(composition.weight) / volume * AMU_PER_A3_IN_G_PER_CM3 if volume > 0 and math.isfinite(volume) else None
 
 
+def distribution_fields(composition: Composition, lattice_matrix) -> dict:
+    """What a reference document keeps for the metrics' Wasserstein distances: density and number of elements."""
+    return {"density": density_of(composition, lattice_matrix), "nelements": len(composition.elements)}
+
+
 def reference_document(structure: Structure | None, ref_id: str, set_name: str, properties: dict | None = None,
                        structure_dict: dict | None = None, composition: Composition | None = None) -> dict:
     """A novelty reference: one known structure, keyed by reduced formula.
@@ -117,10 +122,8 @@ def reference_document(structure: Structure | None, ref_id: str, set_name: str, 
         "nsites": len(structure_dict["sites"]) if structure_dict is not None else len(structure),
         # partially occupied: matched by ordered approximants when uniqueness.matcher is disordered
         "ordered": is_ordered_dict(structure_dict) if structure_dict is not None else bool(structure.is_ordered),
-        # the reference distributions of the metrics' Wasserstein distances (density, number of elements)
-        "density": density_of(comp, (structure_dict or {}).get("lattice", {}).get("matrix") if structure_dict is not None
+        **distribution_fields(comp, structure_dict.get("lattice", {}).get("matrix") if structure_dict is not None
                               else structure.lattice.matrix),
-        "nelements": len(comp.elements),
         "structure": structure_dict if structure_dict is not None else structure.as_dict(),
         "properties": properties or {},
     }
