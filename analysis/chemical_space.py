@@ -17,13 +17,13 @@ import json
 import sys
 import time
 
-from fw_screen.chemical_space import load_groups  # noqa: F401 -- the data access lives in fw_screen
+from fw_screen.reporting.chemical_space import load_groups# noqa: F401 -- the data access lives in fw_screen
 
 
 def main(argv=None) -> int:
-    from fw_screen.chemical_space import chemical_space, groups_summary_table, plot_chemical_space
+    from fw_screen.reporting.chemical_space import chemical_space, groups_summary_table, plot_chemical_space
     from fw_screen.cli import CLIError, resolve_launchpad
-    from fw_screen.db import ResultsStore
+    from fw_screen.store import ResultsStore
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--campaign", required=True)

@@ -4,14 +4,14 @@ and Wasserstein distances, band-gap MAE against the target, F1/DAF against DFT),
     python analysis/metrics.py demo [--format csv|markdown|json] [-l LAUNCHPAD]
 
 The same as `fw-screen metrics`; importable too (`from analysis.metrics import campaign_metrics`), the
-functions living in :mod:`fw_screen.analysis` and the definitions in :mod:`fw_screen.metrics`.
+functions living in :mod:`fw_screen.reporting.tables` and the definitions in :mod:`fw_screen.science.metrics`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from fw_screen.analysis import campaign_metrics, format_metrics  # noqa: F401 -- re-exported for notebooks and scripts
+from fw_screen.reporting.tables import campaign_metrics, format_metrics# noqa: F401 -- re-exported for notebooks and scripts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ ML vs DFT, DFT phase diagrams, chemical space, top candidates with their CIFs) t
     python analysis/report.py -c demo [-l LAUNCHPAD] [-o report_demo.html] [--top 20] [--no-chemical-space]
 
 The same as `fw-screen report CAMPAIGN`; importable too (`from analysis.report import build_report`), the
-function living in :mod:`fw_screen.report`.
+function living in :mod:`fw_screen.reporting.report`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fw_screen.report import build_report, format_summary  # noqa: F401 -- re-exported for notebooks and scripts
+from fw_screen.reporting.report import build_report, format_summary# noqa: F401 -- re-exported for notebooks and scripts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,14 +3,14 @@
     python analysis/yields.py demo [--threshold 0.1 --threshold 0] [--format csv] [-l LAUNCHPAD]
 
 The same as `fw-screen yields`; importable too (`from analysis.yields import funnel_yields`), the functions
-living in :mod:`fw_screen.analysis`.
+living in :mod:`fw_screen.reporting.tables`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from fw_screen.analysis import funnel_yields, yield_rows  # noqa: F401 -- re-exported for notebooks and scripts
+from fw_screen.reporting.tables import funnel_yields, yield_rows# noqa: F401 -- re-exported for notebooks and scripts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ the query plans (MongoDB ``explain``) of the queries behind them.
     python benchmarks/bench_analysis.py [-c demo] [-l .fw-screen/launchpad.yaml] [--repeat 3]
 
 Naive way: read every candidate document of the campaign into Python (``find({"campaign": ...})``) and build
-the same rows / counts there (fw_screen.property.yields is the reference definition of the yields).  Both
+the same rows / counts there (fw_screen.science.yields.yields is the reference definition of the yields).  Both
 ways must give the same rows and counts; the script checks it.
 """
 
@@ -35,7 +35,7 @@ def best_of(fn, repeat: int):
 
 def naive_rows(store, campaign: str) -> list[dict]:
     """The hull table built in Python from every document (what one would write without the aggregation)."""
-    from fw_screen import status as st
+    from fw_screen import state as st
 
     def get(d, dotted):
         for part in dotted.split("."):
@@ -55,8 +55,8 @@ def naive_rows(store, campaign: str) -> list[dict]:
 
 
 def naive_yields(store, campaign: str, threshold: float) -> dict:
-    from fw_screen import status as st
-    from fw_screen.property import yields
+    from fw_screen import state as st
+    from fw_screen.science.yields import yields
 
     recs = []
     for d in store.candidates_for({"campaign": campaign}, sort=None):
@@ -70,7 +70,7 @@ def naive_yields(store, campaign: str, threshold: float) -> dict:
 
 def plan_summary(ex: dict) -> dict:
     """Stage chain of the winning plan (outermost first), index used, keys/documents examined."""
-    from fw_screen.db import plan_nodes
+    from fw_screen.store import plan_nodes
 
     nodes = plan_nodes(ex["winning_plan"])
     stages = [n["stage"] for n in nodes]
@@ -81,10 +81,10 @@ def plan_summary(ex: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from fw_screen import status as st
-    from fw_screen.analysis import HAS_NUMBER, funnel_yields, hull_table
+    from fw_screen import state as st
+    from fw_screen.reporting.tables import HAS_NUMBER, funnel_yields, hull_table
     from fw_screen.cli import resolve_launchpad
-    from fw_screen.db import ResultsStore
+    from fw_screen.store import ResultsStore
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--campaign", default="demo")
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
 
     # ---- the HTML report
     try:
-        from fw_screen.report import build_report
+        from fw_screen.reporting.report import build_report
     except ImportError:
         build_report = None
     if build_report is not None:

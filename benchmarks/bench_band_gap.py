@@ -9,7 +9,7 @@ and, for each, the DFT-lite tier's gap (scf -> nscf at the CHGNet-relaxed cell, 
 Predictors, each given the structure the funnel would give it (the ML-relaxed cell):
 
 * ``megnet-mfi@0``: the bundled MEGNet multi-fidelity model at the PBE state, as fw-screen loads it
-  (DGL-era edge aggregation restored, :func:`fw_screen.property.use_dgl_edge_aggregation`);
+  (DGL-era edge aggregation restored, :func:`fw_screen.science.band_gap.use_dgl_edge_aggregation`);
 * ``megnet-mfi@0 (stock matgl 4.1.2)``: the same checkpoint as matgl 4.1.2 loads it, no rebinding;
 * ``dft_lite``: the DFT-lite tier (stored gaps from the truth-set run; ``--live`` recomputes some here).
 
@@ -96,7 +96,7 @@ def ml_predictions(rows: list[dict], dgl_aggregation: bool | None) -> tuple[list
     import torch
     from pymatgen.core import Structure
 
-    from fw_screen import property as prop
+    from fw_screen.science import band_gap as prop
 
     torch.set_num_threads(1)
     model = prop.load_matgl_band_gap_model(prop.MEGNET_MFI_DIR, fidelity=0, name="megnet-mfi",
@@ -116,7 +116,8 @@ def live(names: list[str], pseudo_dir: str) -> list[dict]:
     """Full chain and DFT-lite tier side by side with pw.x on a few truth-set structures."""
     from pymatgen.core import Structure
 
-    from fw_screen import dft_lite, qe
+    from fw_screen.dft import lite as dft_lite
+    from fw_screen.dft import qe
     from fw_screen.spec import default_spec
 
     spec = default_spec()
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
                   f"  lite is {x['full_s'] / x['lite_s']:.1f}x cheaper")
 
     if args.write:
-        from fw_screen import property as prop
+        from fw_screen.science import band_gap as prop
 
         doc = {"about": "band-gap predictors measured against the DFT truth set tests/data/band_gap_truth "
                         "(benchmarks/bench_band_gap.py --write)",

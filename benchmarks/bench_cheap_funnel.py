@@ -3,14 +3,14 @@
 
 What it does, in one run:
 
-1. starts the embedded SecantusDB server (``fw_screen.server.start``) in a temporary ``FW_SCREEN_HOME`` on a
+1. starts the embedded SecantusDB server (``fw_screen.server.embedded.start``) in a temporary ``FW_SCREEN_HOME`` on a
    free port;
-2. loads the Materials Project references (``examples/mp_*.json.gz``, ``fw_screen.campaign.load_references``);
-3. ``fw_screen.workflows.submit`` of the CrystaLLM-pi generations (``--limit N`` rows, default all 8,000) with
+2. loads the Materials Project references (``examples/mp_*.json.gz``, ``fw_screen.stages.references.load_references``);
+3. ``fw_screen.orchestration.fireworks.submit`` of the CrystaLLM-pi generations (``--limit N`` rows, default all 8,000) with
    the default spec (batch_size 200, 4 uniqueness shards);
-4. runs ``--workers`` rlaunch rapidfire workers (``fw_screen.cli.launch_workers`` with the ``fworker_cheap.yaml``
+4. runs ``--workers`` rlaunch rapidfire workers (``fw_screen.orchestration.supervisor.launch_workers`` with the ``fworker_cheap.yaml``
    the server writes) until the LaunchPad is empty, sampling the memory of the launchers and the server;
-5. ``fw_screen.campaign.funnel_report``;
+5. ``fw_screen.reporting.funnel.funnel_report``;
 6. reads every launch back from ``launchpad.launches`` to split worker time into science (the runners' own
    ``seconds`` in ``action.stored_data``), in-rocket FireWorks overhead and between-rocket overhead.
 
@@ -49,12 +49,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import code_version, free_port, loadavg, machine_info, save_results  # noqa: E402
 
-from fw_screen import server  # noqa: E402
-from fw_screen.campaign import funnel_report, load_references  # noqa: E402
-from fw_screen.cli import launch_workers  # noqa: E402
-from fw_screen.db import ResultsStore, prepare_launchpad  # noqa: E402
-from fw_screen.spec import load_spec  # noqa: E402
-from fw_screen.workflows import submit  # noqa: E402
+from fw_screen.server import embedded as server# noqa: E402
+from fw_screen.reporting.funnel import funnel_report# noqa: E402
+from fw_screen.stages import load_references
+from fw_screen.orchestration.supervisor import launch_workers# noqa: E402
+from fw_screen.store import ResultsStore# noqa: E402
+from fw_screen.orchestration.launchpad import prepare_launchpad
+from fw_screen.spec import load_spec# noqa: E402
+from fw_screen.orchestration.fireworks import submit# noqa: E402
 
 EXAMPLES = REPO / "examples"
 DEFAULT_INPUT = EXAMPLES / "crystallm_pi_generated_8k.parquet"

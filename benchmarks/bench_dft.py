@@ -13,12 +13,12 @@ with Ti).
 
 Parts:
 
-1. ``direct``: ``fw_screen.qe.run_chain`` on each structure with 1 MPI rank (serial pw.x, the product's
+1. ``direct``: ``fw_screen.dft.qe.chain.run_chain`` on each structure with 1 MPI rank (serial pw.x, the product's
    default) and with 2 (``mpirun --allow-run-as-root --bind-to none -np 2``).  Per step: seconds (custodian
    around pw.x), pw_seconds (pw.x's own WALL clock), k-mesh, SCF iterations, ionic steps; band gap, relaxed
    lattice.  Outside pw.x inside run_chain = ``seconds - pw_seconds`` (input writing, mpirun start, pw.x's
    time before its clock starts, custodian polling every 1 s, output parsing).
-2. ``fireworks``: the same work as the product runs it: an embedded SecantusDB (``fw_screen.server.start``),
+2. ``fireworks``: the same work as the product runs it: an embedded SecantusDB (``fw_screen.server.embedded.start``),
    a campaign with ML-done candidates moved to ``promoted`` (by ``store.transition``: ``run_promotion`` refuses
    candidates without DFT reference phases), ``dft_workflow`` (candidate Fireworks only; no reference entries
    are loaded, so the reference-phase lookup runs, finds none and records the hull as not computed: a rocket
@@ -55,9 +55,11 @@ from _common import REPO  # noqa: E402
 
 from _common import code_version, free_port, loadavg, machine_info, save_results  # noqa: E402
 
-from fw_screen import qe, server  # noqa: E402
-from fw_screen import status as st  # noqa: E402
-from fw_screen.spec import load_spec  # noqa: E402
+from fw_screen.dft import qe
+from fw_screen.dft.qe import io
+from fw_screen.server import embedded as server# noqa: E402
+from fw_screen import state as st# noqa: E402
+from fw_screen.spec import load_spec# noqa: E402
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -130,7 +132,7 @@ def pw_cpu_seconds(stepdir: Path) -> float | None:
     for out in sorted(stepdir.glob("*.out*")):
         m = _PWSCF_CLOCK.search(out.read_text(errors="replace"))
         if m:
-            total += qe._hms(m.group(1).replace(" ", ""))
+            total += io._hms(m.group(1).replace(" ", ""))
             found = True
     return round(total, 2) if found else None
 
@@ -208,9 +210,10 @@ def ml_done_doc(campaign: str, key: str, structure, gap: float) -> dict:
 def fireworks_run(names: list[str], ranks: int, pdir: str, home: Path, port: int) -> dict:
     from fireworks import LaunchPad
 
-    from fw_screen.cli import launch_workers
-    from fw_screen.db import ResultsStore, prepare_launchpad
-    from fw_screen.workflows import dft_workflow
+    from fw_screen.orchestration.supervisor import launch_workers
+    from fw_screen.store import ResultsStore
+    from fw_screen.orchestration.launchpad import prepare_launchpad
+    from fw_screen.orchestration.fireworks import dft_workflow
 
     info = server.start(home, port=port)
     out: dict = {"ranks": ranks, "structures": names, "server_pid": info["pid"], "errors": []}

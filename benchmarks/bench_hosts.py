@@ -81,7 +81,7 @@ def teardown(quiet: bool = False) -> None:
 
 
 def start_server(home: Path, port: int) -> dict:
-    from fw_screen import server
+    from fw_screen.server import embedded as server
 
     kwargs = {"port": port, "host": SERVER_IP}
     if "auth" in inspect.signature(server.start).parameters:  # a non-loopback address wants authentication
@@ -92,9 +92,10 @@ def start_server(home: Path, port: int) -> dict:
 def run_hosts(info: dict, hosts: list[dict], n_hosts: int, source: Path, n: int, batch: int, work: Path) -> dict:
     from fireworks import LaunchPad
 
-    from fw_screen.db import ResultsStore, prepare_launchpad
+    from fw_screen.store import ResultsStore
+    from fw_screen.orchestration.launchpad import prepare_launchpad
     from fw_screen.spec import load_spec
-    from fw_screen.workflows import submit
+    from fw_screen.orchestration.fireworks import submit
 
     lp_conf = yaml.safe_load(Path(info["launchpad"]).read_text())
     lp_conf["name"] = f"hosts{n_hosts}_{uuid.uuid4().hex[:6]}"
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
     df.to_parquet(source)
     results = {"n": args.n, "batch_size": args.batch_size, "code": code_version(), "runs": [],
                "load_1min_start": os.getloadavg()[0], "cores": os.cpu_count()}
-    from fw_screen import server
+    from fw_screen.server import embedded as server
 
     home = work / "server"
     try:

@@ -30,7 +30,7 @@ The reference set (synthetic, made from the REAL shipped MP entries; these are n
   entry dict}}``, gzipped), streamed row by row (the layout is checked against pandas on the first rows).
   Its time and size are recorded, not counted as load time.
 
-What is measured, one SecantusDB server (``fw_screen.server.start``) in a temp home on a free port:
+What is measured, one SecantusDB server (``fw_screen.server.embedded.start``) in a temp home on a free port:
 
 1. ``load_references`` of that file in a subprocess (its peak RSS is that process's own ``ru_maxrss``; the
    server's RSS and CPU sampled beside it); database size (dbStats, collStats, data folder on disk);
@@ -78,8 +78,8 @@ from pathlib import Path
 
 from _common import REPO, code_version, free_port, loadavg, machine_info, save_results
 
-from fw_screen import server  # noqa: E402  (after _common: BLAS threads, sys.path)
-from fw_screen.references import subsystems  # noqa: E402
+from fw_screen.server import embedded as server# noqa: E402  (after _common: BLAS threads, sys.path)
+from fw_screen.science.references import subsystems# noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXAMPLES = REPO / "examples"
@@ -449,10 +449,10 @@ def _job_load(job: dict) -> dict:
     import cProfile
     import pstats
 
-    from fw_screen.campaign import load_references
-    from fw_screen.db import ResultsStore
+    from fw_screen.stages import load_references
+    from fw_screen.store import ResultsStore
 
-    from fw_screen import campaign
+    from fw_screen import stages as campaign
 
     store = ResultsStore.from_file(job["launchpad"])
     store.db.command("ping")
@@ -495,8 +495,9 @@ def _job_lookup(job: dict) -> dict:
     from pymatgen.core import Composition
     from pymatgen.entries.computed_entries import ComputedEntry
 
-    from fw_screen import hulls, stability
-    from fw_screen.db import ResultsStore
+    from fw_screen.stages import hulls
+    from fw_screen.science import stability
+    from fw_screen.store import ResultsStore
 
     warnings.simplefilter("ignore")
     store = ResultsStore.from_file(job["launchpad"])
@@ -561,8 +562,8 @@ def _job_ppd(job: dict) -> dict:
     from pymatgen.core import Composition
     from pymatgen.entries.computed_entries import ComputedEntry
 
-    from fw_screen import references as refs
-    from fw_screen.db import ResultsStore
+    from fw_screen.science import references as refs
+    from fw_screen.store import ResultsStore
 
     warnings.simplefilter("ignore")
     store = ResultsStore.from_file(job["launchpad"])
@@ -680,7 +681,7 @@ def naive_full_read(store, cand: dict) -> dict:
     from pymatgen.core import Composition
     from pymatgen.entries.computed_entries import ComputedEntry
 
-    from fw_screen import references as refs
+    from fw_screen.science import references as refs
 
     entry = ComputedEntry(Composition(cand["composition"]), cand["energy"], entry_id=cand["id"])
     t0 = time.perf_counter()
@@ -699,7 +700,7 @@ def naive_full_read(store, cand: dict) -> dict:
 
 
 def explain(store, flt: dict) -> dict:
-    from fw_screen.db import plan_nodes
+    from fw_screen.store import plan_nodes
 
     ex = store.db.command("explain", {"find": store.entries.name, "filter": flt, "projection": PROJECTION},
                           verbosity="executionStats")
@@ -806,7 +807,7 @@ def main(argv=None) -> int:
         info = server.start(home, port=free_port())
         server_started = True
         results["server"] = {"pid": info["pid"], "port": info["port"]}
-        from fw_screen.db import ResultsStore
+        from fw_screen.store import ResultsStore
 
         store = ResultsStore.from_file(info["launchpad"])
         print(f"\n2. load_references in a fresh process (SecantusDB pid {info['pid']}, port {info['port']})")

@@ -1,7 +1,7 @@
 """Accuracy and cost of the ML stability stage on Materials Project structures with known hull distances.
 
 A seeded sample of MP entries (both offline MP files, cells of at most ``--max-sites`` sites) is relaxed with
-one potential (FIRE + FrechetCellFilter, fmax 0.05 eV/A, <= 500 steps: ``fw_screen.stability.relax``); each
+one potential (FIRE + FrechetCellFilter, fmax 0.05 eV/A, <= 500 steps: ``fw_screen.science.stability.relax``); each
 relaxed energy goes through the production path (``ml_entry`` -> ``hull_distance``) against the
 PhaseDiagram of that file's entries WITHOUT the entry itself (otherwise the entry is on its own hull and a
 stability threshold at 0 is ill-posed), and is compared with MP's ``e_above_hull`` stored in the file.
@@ -62,7 +62,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from fw_screen import potentials, stability
+    from fw_screen.science import potentials
+    from fw_screen.science import stability
 
     t_load = time.perf_counter()
     calc = potentials.get_calculator(args.potential, args.model_dir)

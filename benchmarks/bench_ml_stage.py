@@ -10,7 +10,7 @@ Workload: novel candidates in chemical systems the offline MP references cover (
   the reduced cell), each strained (uniform +-``--strain`` per axis) and rattled (every site moved
   ``--rattle`` A) so the relaxation has real work to do.  They would still match their MP parents under
   StructureMatcher's tolerances, so they are put straight into the ``candidates`` collection as status
-  ``novel`` with ``structure_reduced`` (``fw_screen.uniqueness.reduce_structure``) and an ``ml_batch``
+  ``novel`` with ``structure_reduced`` (``fw_screen.science.uniqueness.reduce_structure``) and an ``ml_batch``
   (``ResultsStore.assign_ml_batches``), after ``ResultsStore.register_campaign``; that is what the
   uniqueness stage leaves behind for the ML stage.
 
@@ -21,7 +21,7 @@ same (seeded, shuffled) order:
 2. ``w2``: 2 workers, ml.batch_size ceil(n / 2) (``--parallel-batch-size``): with the default 20 a workload of
    <= 20 structures is one Firework and the second worker has nothing to do (measured: x0.98);
 3. ``naive``: ml.batch_size 1 (one Firework per structure), 2 workers;
-4. optionally ``floor`` (``--floor``): a plain Python loop calling ``fw_screen.campaign.stability_fields`` in
+4. optionally ``floor`` (``--floor``): a plain Python loop calling ``fw_screen.stages.stability.stability_fields`` in
    this process, with no FireWorks and no writes (the database is read only for the hull entries).
 
 Reported: structures/minute end to end per pass, speed-up 2 vs 1 worker, relax seconds and steps per cell-size
@@ -66,15 +66,16 @@ from _common import REPO  # noqa: E402
 from _common import code_version, free_port, loadavg, machine_info  # noqa: E402
 from bench_cheap_funnel import MemorySampler  # noqa: E402
 
-from fw_screen import server  # noqa: E402
-from fw_screen import status as st  # noqa: E402
-from fw_screen.campaign import load_references, validity_fields  # noqa: E402
-from fw_screen.cli import launch_workers  # noqa: E402
-from fw_screen.db import ResultsStore, prepare_launchpad  # noqa: E402
-from fw_screen.ingest import iter_candidates  # noqa: E402
-from fw_screen.spec import load_spec  # noqa: E402
-from fw_screen.uniqueness import reduce_structure  # noqa: E402
-from fw_screen.workflows import ml_fireworks  # noqa: E402
+from fw_screen.server import embedded as server# noqa: E402
+from fw_screen import state as st# noqa: E402
+from fw_screen.stages import load_references, validity_fields# noqa: E402
+from fw_screen.orchestration.supervisor import launch_workers# noqa: E402
+from fw_screen.store import ResultsStore# noqa: E402
+from fw_screen.orchestration.launchpad import prepare_launchpad
+from fw_screen.science.ingest import iter_candidates# noqa: E402
+from fw_screen.spec import load_spec# noqa: E402
+from fw_screen.science.uniqueness import reduce_structure# noqa: E402
+from fw_screen.orchestration.fireworks import ml_fireworks# noqa: E402
 
 warnings.filterwarnings("ignore")
 EXAMPLES = REPO / "examples"
@@ -335,7 +336,7 @@ def band_gap_times(rows: dict, spec: dict) -> tuple[dict, float]:
     """MEGNet band-gap seconds per structure on the relaxed structures (as the runner calls it), and the load time."""
     from pymatgen.core import Structure
 
-    from fw_screen import property as prop
+    from fw_screen.science import band_gap as prop
 
     t = time.perf_counter()
     model = prop.load_band_gap_model(spec["property"]["band_gap_model"], spec["property"]["band_gap_fidelity"])
@@ -413,7 +414,8 @@ def by_bin(items: list[dict], rows: dict) -> dict:
 COLD_LOAD = r"""
 import time, json, warnings; warnings.filterwarnings("ignore")
 t0 = time.perf_counter(); import torch; torch.set_num_threads(1); t1 = time.perf_counter()
-from fw_screen import potentials, property as prop; t2 = time.perf_counter()
+from fw_screen.science import potentials
+from fw_screen.science import band_gap as prop; t2 = time.perf_counter()
 potentials.get_calculator(%(pot)r, None); t3 = time.perf_counter()
 prop.load_band_gap_model(%(bg)r, 0); t4 = time.perf_counter()
 print(json.dumps({"import_torch_s": round(t1 - t0, 2), "import_fw_screen_s": round(t2 - t1, 2),
@@ -437,7 +439,7 @@ def floor_loop(home: Path, items: list[dict]) -> dict:
     import torch
     from fireworks import LaunchPad
 
-    from fw_screen.campaign import stability_fields
+    from fw_screen.stages import stability_fields
 
     torch.set_num_threads(1)
     lp_file, _ = database_files(home, "floor")

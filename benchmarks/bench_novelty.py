@@ -18,7 +18,7 @@ Timed:
 
 * fw-screen's path: each query reduced once (``uniqueness.reduce_structure``, done by the validity stage
   in the product), the references of the queries' formulas fetched through the ``reduced_formula`` index
-  and reduced once (``campaign._reference_items``, which caches the reductions in the database: "cold"
+  and reduced once (``novelty._reference_items``, which caches the reductions in the database: "cold"
   the first time, "warm" after), then ``uniqueness.find_reference`` within the match key;
 * the naive way: for a seeded subsample of ``--naive-queries`` queries, ``StructureMatcher().fit(query, ref)``
   against every reference in memory (unreduced structures, no grouping, stopping at the first match);
@@ -59,12 +59,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import code_version, free_port, loadavg, machine_info, save_results  # noqa: E402
 
-from fw_screen import campaign, server  # noqa: E402
-from fw_screen import references as refs  # noqa: E402
-from fw_screen import uniqueness as uq  # noqa: E402
-from fw_screen.db import ResultsStore  # noqa: E402
-from fw_screen.ingest import iter_candidates  # noqa: E402
-from fw_screen.spec import load_spec  # noqa: E402
+from fw_screen import stages as campaign
+from fw_screen.stages import novelty
+from fw_screen.server import embedded as server# noqa: E402
+from fw_screen.science import references as refs# noqa: E402
+from fw_screen.science import uniqueness as uq# noqa: E402
+from fw_screen.store import ResultsStore# noqa: E402
+from fw_screen.science.ingest import iter_candidates# noqa: E402
+from fw_screen.spec import load_spec# noqa: E402
 
 GENERATED = REPO / "examples" / "crystallm_pi_generated_8k.parquet"
 MP_DIR = REPO.parent / "shared" / "data" / "reference" / "mp"
@@ -87,7 +89,7 @@ def _check(doc: dict):
     src = doc["source"]
     mid = f"{src.get('material_id', 'gen')}#row{src.get('row')}"
     if _SPEC["mode"] == "parse":
-        from fw_screen.validity import parse_structure
+        from fw_screen.science.validity import parse_structure
 
         try:
             s = parse_structure(doc.get("cif_processed") or "")
@@ -144,7 +146,7 @@ def grouped(store: ResultsStore, queries: list[tuple[str, Structure]], matcher) 
     runs = {}
     for label in ("cold", "warm"):
         t = time.perf_counter()
-        ref_items = campaign._reference_items(store, formulas)
+        ref_items = novelty._reference_items(store, formulas)
         load_s = time.perf_counter() - t
         t = time.perf_counter()
         verdicts = {item.id: uq.find_reference(item, ref_items.get(key, []), matcher) for item, key in zip(items, keys)}

@@ -51,7 +51,7 @@ def one_round(info: dict, retry: bool, n: int, work: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from fw_screen import server
+    from fw_screen.server import embedded as server
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=200)

@@ -43,9 +43,9 @@ from _common import code_version, free_port, loadavg, machine_info, save_results
 
 
 import bench_cheap_funnel as bcf  # noqa: E402
-from fw_screen import server  # noqa: E402
-from fw_screen import status as st  # noqa: E402
-from fw_screen.db import ResultsStore, plan_nodes  # noqa: E402
+from fw_screen.server import embedded as server# noqa: E402
+from fw_screen import state as st# noqa: E402
+from fw_screen.store import ResultsStore, plan_nodes# noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MB = 1024 * 1024
@@ -105,7 +105,7 @@ def plan_stages(plan: dict) -> list[str]:
 
 
 def worker_queries(store: ResultsStore, campaign: str) -> list[dict]:
-    """The queries the cheap stages send per batch / shard (as fw_screen.campaign / fw_screen.db write them),
+    """The queries the cheap stages send per batch / shard (as fw_screen.stages / fw_screen.store write them),
     with real values from the finished campaign."""
     c = store.candidates
     batch = c.find_one({"campaign": campaign}, {"batch": 1}, sort=[("seq", -1)])["batch"]

@@ -3,7 +3,7 @@
 
 1. ``findAndModify`` counters: ``--threads`` connections x ``--increments`` ``find_one_and_update({}, {"$inc"})``
    (how FireWorks takes Launch and Firework ids) on a plain ``secantusd-py`` and on the server
-   ``fw-screen db start`` runs (``python -m fw_screen.secantusd``): wall time and distinct values handed out
+   ``fw-screen db start`` runs (``python -m fw_screen.server.secantusd``): wall time and distinct values handed out
    (a correct server hands out every value once).
 2. ``fw-screen run``'s supervision: ``--n`` one-task Fireworks (``ScriptTask`` running ``true``) in
    ``--workflows`` workflows, run by ``--workers`` launchers under ``launch_workers`` (supervised) and as the
@@ -35,7 +35,7 @@ def counters(command: list[str], threads: int, increments: int, work: Path) -> d
     """Start a server with ``command``, hammer one counter from ``threads`` connections; stop it."""
     import pymongo
 
-    from fw_screen import server
+    from fw_screen.server import embedded as server
 
     port, data = free_port(), Path(tempfile.mkdtemp(dir=work))
     proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(data),
@@ -75,7 +75,7 @@ def one_round(info: dict, supervised: bool, n: int, n_wf: int, workers: int, wor
     from fireworks import Firework, LaunchPad, Workflow
     from fireworks.user_objects.firetasks.script_task import ScriptTask
 
-    from fw_screen.cli import launch_workers
+    from fw_screen.orchestration.supervisor import launch_workers
 
     conf = {"host": info["host"], "port": info["port"], "name": f"sv_{uuid.uuid4().hex[:8]}",
             "strm_lvl": "ERROR", "mongoclient_kwargs": {"retryWrites": False}}
@@ -115,8 +115,12 @@ def one_round(info: dict, supervised: bool, n: int, n_wf: int, workers: int, wor
 
 def look_costs(lp, run_dir: Path, repeat: int = 3) -> dict:
     """Milliseconds for each query of a supervisor look, on the finished LaunchPad (best of ``repeat``)."""
-    from fw_screen.db import inconsistent_fireworks, locked_workflows, reserved_without_reservation
-    from fw_screen.workflows import recover_launcher
+    from fw_screen.orchestration.launchpad import (
+        inconsistent_fireworks,
+        locked_workflows,
+        reserved_without_reservation,
+    )
+    from fw_screen.orchestration.recovery import recover_launcher
 
     def best(fn) -> float:
         times = []
@@ -133,7 +137,7 @@ def look_costs(lp, run_dir: Path, repeat: int = 3) -> dict:
 
 
 def main(argv=None) -> int:
-    from fw_screen import server
+    from fw_screen.server import embedded as server
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=500, help="Fireworks per round (a 100,000-candidate campaign has 504)")

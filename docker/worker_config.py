@@ -1,7 +1,7 @@
 """Write the LaunchPad and FWorker files of a containerised worker from its environment (docker/entrypoint.sh).
 
 The files are the ones ``fw-screen db start`` writes, by the same function
-(:func:`fw_screen.server.write_launchpad_files`): ``launchpad.yaml`` (mode 600), ``fworker_{cheap,ml,dft,all}.yaml``
+(:func:`fw_screen.server.embedded.write_launchpad_files`): ``launchpad.yaml`` (mode 600), ``fworker_{cheap,ml,dft,all}.yaml``
 whose ``env.db_file`` names that LaunchPad file (DFT ones also get ``atomate_db_file`` and pw_cmd / mpi_cmd /
 pseudo_dir from $FW_SCREEN_PW_CMD / $FW_SCREEN_MPI_CMD / $ESPRESSO_PSEUDO), and ``atomate_db.json``.  This script
 adds what a server with accounts needs: the username, the password and the authentication database.
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from fw_screen import server
-from fw_screen.vasp import atomate_db_file
+from fw_screen.server import embedded as server
+from fw_screen.store.atomate import atomate_db_file
 
 CATEGORIES = ("cheap", "ml", "dft", "all")
 
@@ -129,7 +129,8 @@ def initialise(lp_path: Path, attempts: int = 10, wait_s: float = 3.0) -> str:
     from fireworks import LaunchPad
     from pymongo.errors import ConnectionFailure, OperationFailure
 
-    from fw_screen.db import ResultsStore, prepare_launchpad
+    from fw_screen.store import ResultsStore
+    from fw_screen.orchestration.launchpad import prepare_launchpad
 
     lp = LaunchPad.from_file(str(lp_path))
     for attempt in range(1, attempts + 1):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from fw_screen import server
+from fw_screen.orchestration.launchpad import open_launchpad
+from fw_screen.orchestration.supervisor import Progress, launch_workers
+from fw_screen.server import embedded as server
 
 
 class CLIError(RuntimeError):
@@ -33,59 +33,18 @@ def resolve_launchpad(arg: str | None, state: str | None = None) -> str:
                    "with -l (see launchpad/)")
 
 
-def _launchpad(path: str):
-    from fireworks import LaunchPad
-
-    from fw_screen.db import prepare_launchpad
-
-    lp = LaunchPad.from_file(path)
-    prepare_launchpad(lp)
-    return lp
 
 
 def _store(path: str):
-    from fw_screen.db import ResultsStore
+    from fw_screen.store import ResultsStore
 
-    return ResultsStore.from_launchpad(_launchpad(path))
+    return ResultsStore.from_launchpad(open_launchpad(path))
 
 
 def _spec(args) -> dict:
     from fw_screen.spec import load_spec
 
     return load_spec(args.spec, campaign=args.campaign, batch_size=getattr(args, "batch_size", None))
-
-
-class Progress:
-    """A progress bar on a terminal (tqdm, on stderr); elsewhere (logs, CI) a plain line every ``every`` s."""
-
-    def __init__(self, desc: str, total: int | None = None, unit: str = "it", every: float = 30.0):
-        self.desc, self.total, self.unit, self.every = desc, total, unit, every
-        self.n, self._last = 0, 0.0
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
-
-    def update_to(self, n: int, total: int | None = None, postfix: str | None = None) -> None:
-        if total is not None:
-            self.total = total
-        if self.bar is not None:
-            if total is not None:
-                self.bar.total = total
-            if postfix:
-                self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.update(n - self.bar.n)
-        elif time.monotonic() - self._last >= self.every and n != self.n:
-            self._last = time.monotonic()
-            of = f"/{self.total}" if self.total else ""
-            print(f"  {self.desc}: {n}{of} {self.unit}" + (f" ({postfix})" if postfix else ""), file=sys.stderr,
-                  flush=True)
-        self.n = n
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _print(obj, as_json: bool) -> None:
@@ -117,14 +76,14 @@ def cmd_db(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from fw_screen.workflows import submit
+    from fw_screen.orchestration.fireworks import submit
 
     lp_file = resolve_launchpad(args.launchpad, args.home)
     spec = _spec(args)
     t0 = time.perf_counter()
     bar = Progress("ingest", unit="CIF", every=10)
     try:
-        summary, wf = submit(_launchpad(lp_file), _store(lp_file), args.input, spec, progress=bar.update_to)
+        summary, wf = submit(open_launchpad(lp_file), _store(lp_file), args.input, spec, progress=bar.update_to)
     finally:
         bar.close()
     print(f"{summary['inputs']} inputs -> {summary['new']} new candidates, {summary['existing']} already in "
@@ -138,7 +97,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_workflow(args) -> int:
-    from fw_screen.workflows import ingest_workflow
+    from fw_screen.orchestration.fireworks import ingest_workflow
 
     spec = _spec(args)
     wf = ingest_workflow(args.input, spec, db_file=args.db_file)
@@ -148,7 +107,7 @@ def cmd_workflow(args) -> int:
 
 
 def cmd_references(args) -> int:
-    from fw_screen.campaign import load_references, read_references
+    from fw_screen.stages import load_references, read_references
 
     if not args.sources and not args.list and not args.remove:
         raise CLIError("give reference files to load, or --list, or --remove NAME")
@@ -291,10 +250,10 @@ def format_dft(rows: list[dict]) -> str:
 
 
 def cmd_promote(args) -> int:
-    from fw_screen.workflows import promote
+    from fw_screen.orchestration.fireworks import promote
 
     lp_file = resolve_launchpad(args.launchpad, args.home)
-    summary = promote(_launchpad(lp_file), _store(lp_file), args.campaign)
+    summary = promote(open_launchpad(lp_file), _store(lp_file), args.campaign)
     if summary.get("dft_lite_fireworks"):
         print(f"campaign {args.campaign}: DFT-lite band-gap Fireworks added: {summary['dft_lite_fireworks']} "
               f"(property.method dft_lite; category dft)")
@@ -311,7 +270,7 @@ def cmd_promote(args) -> int:
 
 def _campaigns(store, name: str | None) -> list[str]:
     """The campaign asked for (checked to exist), else every campaign."""
-    from fw_screen.analysis import require_campaign
+    from fw_screen.reporting.tables import require_campaign
 
     if name is None:
         return store.campaign_names()
@@ -320,7 +279,7 @@ def _campaigns(store, name: str | None) -> list[str]:
 
 
 def _status_text(store, names: list[str], args) -> str:
-    from fw_screen.campaign import funnel_report
+    from fw_screen.reporting.funnel import funnel_report
 
     parts = []
     for name in names:
@@ -339,7 +298,7 @@ def _status_text(store, names: list[str], args) -> str:
 
 
 def cmd_status(args) -> int:
-    from fw_screen.campaign import funnel_report
+    from fw_screen.reporting.funnel import funnel_report
 
     lp_file = resolve_launchpad(args.launchpad, args.home)
     store = _store(lp_file)
@@ -353,13 +312,13 @@ def cmd_status(args) -> int:
     if not args.watch:
         print(_status_text(store, names, args))
         return 0
-    return _watch(store, _launchpad(lp_file), names, args)
+    return _watch(store, open_launchpad(lp_file), names, args)
 
 
 def _watch(store, launchpad, names: list[str], args) -> int:
     """Refresh the funnel counts every ``--watch`` seconds while launchers run: until Ctrl-C, ``--count``
     refreshes, or (``--until-done``) no Firework of the campaign(s) has work left."""
-    from fw_screen.db import LIVE_FW_STATES, firework_states
+    from fw_screen.orchestration.launchpad import LIVE_FW_STATES, firework_states
 
     active_states = (*LIVE_FW_STATES, "PAUSED")  # a paused Firework still has work to do: it waits for a person
 
@@ -389,7 +348,7 @@ def _watch(store, launchpad, names: list[str], args) -> int:
 
 
 def cmd_table(args) -> int:
-    from fw_screen.analysis import COLUMNS, format_table, hull_table
+    from fw_screen.reporting.tables import COLUMNS, format_table, hull_table
 
     store = _store(resolve_launchpad(args.launchpad, args.home))
     _campaigns(store, args.campaign)
@@ -413,7 +372,12 @@ def cmd_table(args) -> int:
 
 
 def cmd_yields(args) -> int:
-    from fw_screen.analysis import YIELD_COLUMNS, format_table, funnel_yields, yield_rows
+    from fw_screen.reporting.tables import (
+        YIELD_COLUMNS,
+        format_table,
+        funnel_yields,
+        yield_rows,
+    )
 
     store = _store(resolve_launchpad(args.launchpad, args.home))
     _campaigns(store, args.campaign)
@@ -427,7 +391,7 @@ def cmd_yields(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from fw_screen.analysis import campaign_metrics, format_metrics
+    from fw_screen.reporting.tables import campaign_metrics, format_metrics
 
     store = _store(resolve_launchpad(args.launchpad, args.home))
     _campaigns(store, args.campaign)
@@ -436,7 +400,7 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from fw_screen.analysis import format_agreement, format_table, ml_vs_dft
+    from fw_screen.reporting.tables import format_agreement, format_table, ml_vs_dft
 
     store = _store(resolve_launchpad(args.launchpad, args.home))
     _campaigns(store, args.campaign)
@@ -454,209 +418,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fw_screen.report import build_report, default_path, format_summary
+    from fw_screen.reporting.report import build_report, default_path, format_summary
 
     store = _store(resolve_launchpad(args.launchpad, args.home))
     summary = build_report(store, args.campaign, args.output or default_path(args.campaign), top=args.top,
                            chemical_space=not args.no_chemical_space, progress=True)
     print(format_summary(summary))
     return 0
-
-
-def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, sleep: int = 2,
-                   timeout: int | None = None, progress: bool = False, restarts: int = 3,
-                   checkout_grace_s: float = 120.0) -> list[int]:
-    """Run ``workers`` rlaunch rapidfire processes until no work is left; returns their exit codes.
-
-    ``progress``: show Fireworks finished / on the LaunchPad while they run (the total grows as stages add
-    Fireworks).  ``restarts``: an rlaunch that dies with an error (e.g. its database connection reset while
-    the server restarted) is started again, up to this many times in all, in a folder of its own
-    (``worker<i>.<k>``); rapidfire exits 0 when no work is left, so a restart costs nothing when the work is
-    done.  What a dead launcher leaves behind would keep the others waiting forever (a RUNNING or RESERVED
-    Firework whose children wait), so it is put back as soon as the database answers:
-    :func:`fw_screen.workflows.recover_launcher` for the Launches in its folder, and workflow locks, Fireworks
-    RESERVED without any Launch, RUNNING Fireworks whose Launch ended once they have stayed so, unchanged,
-    for ``checkout_grace_s`` (:class:`_DeadLauncherCleanup`)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    rlaunch = Path(sys.executable).parent / "rlaunch"
-    cmd = [str(rlaunch if rlaunch.exists() else "rlaunch"), "-s", "-l", lp_file, "-w", fworker, "rapidfire",
-           "--sleep", str(sleep)]
-    if timeout:
-        cmd += ["--timeout", str(timeout)]
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-    def start(d: Path) -> subprocess.Popen:
-        d.mkdir(exist_ok=True)
-        with open(d / "rlaunch.log", "ab") as log:  # the child keeps its own copy of the handle
-            return subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    folders = [workdir / f"worker{i}" for i in range(workers)]
-    procs = [start(d) for d in folders]
-    follower, finished = None, threading.Event()
-    if progress:
-        follower = threading.Thread(target=_follow_fireworks, args=(lp_file, finished), daemon=True)
-        follower.start()
-    cleanup = _DeadLauncherCleanup(lp_file, checkout_grace_s)
-    restarted, rounds = [0] * workers, restarts
-
-    def restart(i: int) -> None:
-        restarted[i] += 1
-        folders[i] = workdir / f"worker{i}.{restarted[i]}"
-        procs[i] = start(folders[i])
-
-    while True:
-        codes: list[int | None] = [None] * workers
-        while any(c is None for c in codes):
-            for i, p in enumerate(procs):
-                if codes[i] is None and p.poll() is not None:
-                    if p.returncode != 0 and restarts > 0:
-                        restarts -= 1
-                        cleanup.crashed(folders[i])
-                        restart(i)
-                        print(f"rlaunch in {cleanup.pending[-1]} exited with code {p.returncode} (see its "
-                              f"rlaunch.log); starting it again in {folders[i]}", file=sys.stderr, flush=True)
-                    else:
-                        codes[i] = p.returncode
-            cleanup.tick()
-            time.sleep(0.2)
-        # the launchers found no work left; if a dead one's Firework had no waiting children they did not
-        # wait for it: put it back and go round again
-        if rounds == 0 or not cleanup.settle(folders):
-            break
-        rounds -= 1
-        print("Fireworks of exited launchers put back: starting the launchers again", file=sys.stderr, flush=True)
-        for i in range(workers):
-            restart(i)
-    finished.set()
-    if follower is not None:
-        follower.join(timeout=10)
-    return codes
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-class _DeadLauncherCleanup:
-    """What ``launch_workers`` does, between polls of its launchers, about what a launcher that died or lost
-    its connection at the wrong moment leaves behind (each would keep the other launchers waiting forever):
-
-    * the folders of crashed launchers: :func:`fw_screen.workflows.recover_launcher` (their RUNNING Launches
-      are lost for certain);
-    * FireWorks states that only a dead or disconnected process leaves, once seen unchanged in every look for
-      ``grace_s`` (FireWorks holds each for milliseconds): a workflow lock on a workflow that has not been
-      rewritten meanwhile (every operation under the lock rewrites it; removed), a Firework RESERVED without
-      a Launch (:func:`release_checkouts`), a RUNNING Firework whose Launch has ended (refreshed).
-
-    It looks every ``every_s``; while the database is unreachable it waits for the next look."""
-
-    def __init__(self, lp_file: str, grace_s: float, every_s: float = 10.0):
-        self.lp_file, self.grace_s, self.every_s = lp_file, grace_s, every_s
-        self.pending: list[Path] = []  # folders of exited launchers not cleaned up yet
-        self.crashes = 0
-        self.watch: dict[str, dict] = {}  # kind -> {key: (stamp, first seen)}
-        self.next_t, self.lp, self.put_back = time.monotonic() + every_s, None, 0
-        self.next_inconsistent = 0.0
-
-    def crashed(self, folder: Path) -> None:
-        self.pending.append(folder)
-        self.crashes += 1
-        self.next_t = 0.0
-
-    def _stale(self, kind: str, current: dict, now: float) -> list:
-        """Keys of ``current`` seen with the same stamp in every look for ``grace_s``."""
-        before = self.watch.get(kind, {})
-        self.watch[kind] = {k: (v, before[k][1] if k in before and before[k][0] == v else now)
-                            for k, v in current.items()}
-        return sorted(k for k, (_, first) in self.watch[kind].items() if now - first >= self.grace_s)
-
-    @property
-    def watching(self) -> bool:
-        return any(self.watch.values())
-
-    def tick(self, force: bool = False) -> None:
-        from pymongo.errors import PyMongoError
-
-        from fw_screen.db import (inconsistent_fireworks, locked_workflow_stamps, locked_workflows,
-                                  reserved_without_reservation, unlock_workflows)
-        from fw_screen.workflows import recover_launcher, refresh_fireworks, release_checkouts
-
-        if not force and time.monotonic() < self.next_t:
-            return
-        self.next_t = time.monotonic() + self.every_s
-        try:
-            self.lp = self.lp or _launchpad(self.lp_file)
-            for folder in list(self.pending):
-                r = recover_launcher(self.lp, folder)
-                if r["postponed"]:
-                    continue  # a workflow of its Fireworks is locked: next look
-                back = r["lost_fireworks"] + r["fizzled_rerun"] + r["checkouts_released"]
-                if back:
-                    _say(f"{folder}: lost runs {r['lost_fireworks']}, Fireworks fizzled by the database "
-                        f"{r['fizzled_rerun']}, interrupted checkouts {r['checkouts_released']}: put back (READY)")
-                self.put_back += len(back)
-                self.pending.remove(folder)
-            now = time.monotonic()
-            stale = self._stale("locks", locked_workflow_stamps(self.lp), now)
-            if stale:
-                unlock_workflows(self.lp, stale)
-                _say(f"workflow locks held for {self.grace_s:.0f} s (their holder died) removed: workflows {stale}")
-            stale = self._stale("reserved", reserved_without_reservation(self.lp), now)
-            if stale and not locked_workflows(self.lp, stale):
-                released = release_checkouts(self.lp, stale)
-                self.put_back += len(released)
-                _say(f"Fireworks {released} RESERVED without a Launch for {self.grace_s:.0f} s (a launcher died "
-                    f"inside FireWorks' checkout): put back (READY)")
-            if now >= self.next_inconsistent or force:  # an aggregation over every ended Launch: once a minute
-                self.next_inconsistent = now + 60.0
-                stale = self._stale("inconsistent", {fw: True for fw in inconsistent_fireworks(self.lp)}, now)
-            else:
-                stale = []
-            if stale and not locked_workflows(self.lp, stale):
-                _say(f"RUNNING Fireworks whose Launch ended {self.grace_s:.0f} s ago: workflows refreshed "
-                    f"({refresh_fireworks(self.lp, stale)})")
-        except PyMongoError as exc:  # the database is away (restart, network): the next look tries again
-            _say(f"clean-up after launchers postponed: {type(exc).__name__}: {str(exc)[:200]}")
-
-    def settle(self, folders: list[Path], give_up_s: float = 900.0) -> bool:
-        """All launchers have exited: clean up after every one of them (``folders``) and wait for the states
-        being watched to clear (put back, or moved on).  True when anything was put back, i.e. there is
-        work for another round of launchers."""
-        before = self.put_back
-        self.pending += [f for f in folders if f not in self.pending]
-        deadline = time.monotonic() + max(give_up_s, 2 * self.grace_s)
-        self.tick(force=True)
-        while (self.pending or self.watching) and time.monotonic() < deadline:
-            time.sleep(max(0.0, self.next_t - time.monotonic()))
-            self.tick()
-        if self.pending or self.watching:
-            _say(f"gave up cleaning up after exited launchers: folders {[str(f) for f in self.pending]}, "
-                f"{ {k: sorted(v) for k, v in self.watch.items() if v} }; run `fw-screen recover` "
-                f"(and `lpad admin unlock` for a workflow lock nobody holds)")
-            self.pending = []
-        return self.put_back > before
-
-
-def _follow_fireworks(lp_file: str, finished, poll_s: float = 2.0) -> None:
-    from pymongo.errors import PyMongoError
-
-    from fw_screen.db import firework_states
-
-    lp = _launchpad(lp_file)
-    bar = Progress("Fireworks", unit="FW", every=60)
-    try:
-        while not finished.is_set():
-            try:
-                states = firework_states(lp)
-            except PyMongoError:  # the database is away for a while: the launchers wait, so does the bar
-                finished.wait(poll_s)
-                continue
-            done = sum(states.get(k, 0) for k in ("COMPLETED", "FIZZLED", "DEFUSED"))
-            bar.update_to(done, total=sum(states.values()),
-                          postfix=f"running {states.get('RUNNING', 0)}, fizzled {states.get('FIZZLED', 0)}")
-            finished.wait(poll_s)
-    finally:
-        bar.close()
 
 
 def cmd_run(args) -> int:
@@ -837,10 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_recover(args) -> int:
-    from fw_screen.workflows import CHECKOUT_GRACE_S, LOCK_WAIT_S, format_recovery, recover
+    from fw_screen.orchestration.recovery import (
+        CHECKOUT_GRACE_S,
+        LOCK_WAIT_S,
+        format_recovery,
+        recover,
+    )
 
     lp_file = resolve_launchpad(args.launchpad, args.home)
-    lp = _launchpad(lp_file)
+    lp = open_launchpad(lp_file)
     result = recover(lp, _store(lp_file), args.campaign, expiration_secs=args.expiration_secs,
                      dry_run=args.dry_run, rerun_fizzled=args.rerun_fizzled,
                      checkout_grace_s=CHECKOUT_GRACE_S if args.checkout_grace is None else args.checkout_grace,
@@ -850,19 +623,20 @@ def cmd_recover(args) -> int:
 
 
 def cmd_ml(args) -> int:
-    from fw_screen.workflows import promote_to_ml
+    from fw_screen.orchestration.fireworks import promote_to_ml
 
     lp_file = resolve_launchpad(args.launchpad, args.home)
-    batches = promote_to_ml(_launchpad(lp_file), _store(lp_file), args.campaign)
+    batches = promote_to_ml(open_launchpad(lp_file), _store(lp_file), args.campaign)
     print(f"added {len(batches)} ML Fireworks" if batches else "every novel candidate already has its ML Firework")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from fw_screen import status as st
-    from fw_screen.campaign import funnel_report, load_references
+    from fw_screen import state as st
+    from fw_screen.orchestration.fireworks import submit
+    from fw_screen.reporting.funnel import funnel_report
     from fw_screen.spec import load_spec
-    from fw_screen.workflows import submit
+    from fw_screen.stages import load_references
 
     examples = Path(__file__).resolve().parent.parent / "examples"
     source = args.input or str(examples / "crystallm_pi_generated_8k.parquet")
@@ -889,7 +663,7 @@ def cmd_demo(args) -> int:
                                  "pseudo_dir": str(pseudo) if pseudo.is_dir() and not os.environ.get(
                                      "ESPRESSO_PSEUDO") else None}})
     t0 = time.perf_counter()
-    summary, wf = submit(_launchpad(lp_file), store, source, spec)
+    summary, wf = submit(open_launchpad(lp_file), store, source, spec)
     print(f"ingested {summary['inputs']} inputs: {summary['new']} new candidates")
     if wf is not None:
         print(f"workflow: {len(wf.fws)} Fireworks; running {args.workers} rlaunch workers ...", flush=True)
@@ -912,7 +686,7 @@ def cmd_demo(args) -> int:
         print(f"promoted to DFT (Quantum ESPRESSO; eV/atom, band gap eV):\n{format_dft(promoted)}")
         for d in promoted:
             print(f"  {d['_id']}: {(d.get('promotion') or {}).get('reason', '')}")
-    from fw_screen.report import build_report
+    from fw_screen.reporting.report import build_report
 
     report = build_report(store, spec["campaign"], server.home(args.home) / f"report_{spec['campaign']}.html")
     print(f"report: {report['path']} ({report['bytes'] / 1e6:.1f} MB, {report['seconds']:.0f} s; open it in a "
@@ -925,13 +699,13 @@ def cmd_demo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fw_screen.analysis import AnalysisError
-    from fw_screen.db import StoreError
-    from fw_screen.ingest import IngestError
-    from fw_screen.references import ReferenceSourceError
-    from fw_screen.spec import SpecError
-
     from pymongo.errors import ServerSelectionTimeoutError
+
+    from fw_screen.reporting.tables import AnalysisError
+    from fw_screen.science.ingest import IngestError
+    from fw_screen.science.references import ReferenceSourceError
+    from fw_screen.spec import SpecError
+    from fw_screen.store import StoreError
 
     try:
         return args.func(args)

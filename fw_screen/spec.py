@@ -35,7 +35,7 @@ class SpecError(ValueError):
 #: ``property.method``: where the target-hit verdict that promotion uses comes from
 PROPERTY_METHODS = ("ml", "dft_lite")
 #: uniqueness.matcher: pymatgen's StructureMatcher as is, or with an order-disorder comparator against
-#: partially occupied references (fw_screen/uniqueness.py)
+#: partially occupied references (fw_screen/science/uniqueness.py)
 MATCHERS = ("ordered", "disordered")
 
 

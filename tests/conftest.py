@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fw_screen import server
+from fw_screen.server import embedded as server
 from fw_screen.spec import load_spec
 
 DATA = Path(__file__).parent / "data"
@@ -57,7 +57,7 @@ def launchpad_file(new_launchpad_file, tmp_path) -> Path:
 def launchpad(launchpad_file):
     from fireworks import LaunchPad
 
-    from fw_screen.db import prepare_launchpad
+    from fw_screen.orchestration.launchpad import prepare_launchpad
 
     lp = LaunchPad.from_file(str(launchpad_file))
     prepare_launchpad(lp)
@@ -67,7 +67,7 @@ def launchpad(launchpad_file):
 
 @pytest.fixture
 def store(launchpad):
-    from fw_screen.db import ResultsStore
+    from fw_screen.store import ResultsStore
 
     return ResultsStore.from_launchpad(launchpad)
 
@@ -100,9 +100,9 @@ def generations_table(folder: Path, n: int, seed: int, repeats: int) -> Path:
 def novel_ml_rows(launchpad, launchpad_file: Path, store, spec: dict, tmp_path: Path) -> None:
     """MP references of Li-Co-Ni-O and Na-Fe-P-O, the four ML fixture rows submitted and taken through the
     cheap stages by one cheap worker: they end novel, with ML Fireworks waiting."""
-    from fw_screen.campaign import load_references
-    from fw_screen.cli import launch_workers
-    from fw_screen.workflows import submit
+    from fw_screen.stages import load_references
+    from fw_screen.orchestration.supervisor import launch_workers
+    from fw_screen.orchestration.fireworks import submit
 
     for f in ("mp_Li-Co-Ni-O.json.gz", "mp_Na-Fe-P-O.json.gz"):
         load_references(store, EXAMPLES / f)

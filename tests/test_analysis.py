@@ -23,12 +23,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fw_screen import status as st
-from fw_screen.analysis import (COLUMNS, HAS_NUMBER, AnalysisError, agreement, format_table, funnel_yields, hull_table,
-                                ml_vs_dft, yield_rows)
-from fw_screen.campaign import load_references, run_ingest, run_uniqueness, run_validity
-from fw_screen.db import HULL_TABLE_SORT_FIELDS, ResultsStore
-from fw_screen.property import yields as reference_yields
+from fw_screen import state as st
+from fw_screen.reporting.tables import (
+    COLUMNS,
+    HAS_NUMBER,
+    AnalysisError,
+    agreement,
+    format_table,
+    funnel_yields,
+    hull_table,
+    ml_vs_dft,
+    yield_rows,
+)
+from fw_screen.stages import load_references, run_ingest, run_uniqueness, run_validity
+from fw_screen.store import HULL_TABLE_SORT_FIELDS, ResultsStore
+from fw_screen.science.yields import yields as reference_yields
 from fw_screen.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -213,7 +222,7 @@ def test_hull_table_query_uses_an_index(campaign):
 
 # --------------------------------------------------------------------------------------------- yields
 def test_yields_match_the_definition_computed_in_python(campaign):
-    """The aggregation gives what fw_screen.property.yields (the papers' definitions, one record per input)
+    """The aggregation gives what fw_screen.science.yields.yields (the papers' definitions, one record per input)
     gives on the documents, overall and per condition, at both thresholds."""
     store, _, docs = campaign
     y = funnel_yields(store, CAMPAIGN)
@@ -281,7 +290,7 @@ def test_agreement_precision_recall_and_the_selection_caveat():
 
 # ------------------------------------------------------------------------------------ chemical space
 def test_chemical_space_groups_and_map(campaign):
-    from fw_screen.chemical_space import chemical_space, load_groups
+    from fw_screen.reporting.chemical_space import chemical_space, load_groups
 
     store, _, docs = campaign
     groups, totals = load_groups(store, CAMPAIGN, max_per_group=40, seed=0)

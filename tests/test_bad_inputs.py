@@ -14,8 +14,9 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from fw_screen import campaign as cp
-from fw_screen.ingest import KEPT_PREFIX
+from fw_screen import stages as cp
+from fw_screen.stages import validity as validity_stage
+from fw_screen.science.ingest import KEPT_PREFIX
 
 DATA = Path(__file__).parent / "data"
 MP = DATA / "mp"
@@ -193,14 +194,14 @@ def test_good_inputs_survive_bad_neighbours_in_their_batch(store, spec, tmp_path
     # plus an input on which the checker itself blows up (stands for a bug or a pathological CIF)
     boom = (MP / "Li2O_mp-1960.cif").read_text().replace("# generated using pymatgen", "# BOOM")
     (folder / "c_boom.cif").write_text(boom)
-    real_check = cp.check_cif
+    real_check = validity_stage.check_cif
 
     def fragile_check(cif, cfg, *args, **kwargs):
         if cif and "# BOOM" in cif:
             raise RuntimeError("checker exploded")
         return real_check(cif, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(cp, "check_cif", fragile_check)
+    monkeypatch.setattr(validity_stage, "check_cif", fragile_check)
     summary = ingest_and_validate(store, folder, spec)
 
     assert len(summary["batches"]) == 1          # 7 inputs, batch_size 10: all in one batch

@@ -11,7 +11,7 @@ import pytest
 from monty.json import MontyDecoder
 from pymatgen.core import Lattice, Structure
 
-from fw_screen import dft
+from fw_screen.dft import hull as dft
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

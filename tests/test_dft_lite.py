@@ -23,14 +23,16 @@ import pytest
 import yaml
 from pymatgen.core import Lattice, Structure
 
-from fw_screen import dft_lite, qe
-from fw_screen import property as prop
-from fw_screen import status as st
-from fw_screen import hulls
-from fw_screen.campaign import load_references, run_promotion
-from fw_screen.cli import format_top, launch_workers
+from fw_screen.dft import lite as dft_lite
+from fw_screen.dft import qe
+from fw_screen.science import band_gap as prop
+from fw_screen import state as st
+from fw_screen.stages import hulls
+from fw_screen.stages import load_references, run_promotion
+from fw_screen.cli import format_top
+from fw_screen.orchestration.supervisor import launch_workers
 from fw_screen.spec import default_spec, load_spec
-from fw_screen.workflows import after_ml_stage, promote
+from fw_screen.orchestration.fireworks import after_ml_stage, promote
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

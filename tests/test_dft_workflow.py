@@ -19,11 +19,11 @@ import pytest
 import yaml
 from pymatgen.core import Lattice, Structure
 
-from fw_screen import status as st
-from fw_screen.campaign import load_references, run_promotion
-from fw_screen.cli import launch_workers
+from fw_screen import state as st
+from fw_screen.stages import load_references, run_promotion
+from fw_screen.orchestration.supervisor import launch_workers
 from fw_screen.spec import load_spec
-from fw_screen.workflows import dft_workflow, promote
+from fw_screen.orchestration.fireworks import dft_workflow, promote
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -130,7 +130,7 @@ def test_li_o_candidates_share_references_and_get_dft_hulls(launchpad, launchpad
     assert out.returncode == 0 and "DFT: promoted 2" in out.stdout and "dft:li3o" in out.stdout
 
     # the HTML report draws the Li-O phase diagram and the ML-vs-DFT parity from these real DFT results
-    from fw_screen.report import build_report
+    from fw_screen.reporting.report import build_report
 
     report = build_report(store, "dft", tmp_path / "report_dft.html", chemical_space=False)
     assert {"parity", "phase_diagrams", "candidates"} <= set(report["drawn"]), report["skipped"]

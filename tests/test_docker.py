@@ -519,7 +519,7 @@ def test_entrypoint_worker_runs_its_category_only(db_server, tmp_path):
     FWorker; the password variable does not reach the Fireworks."""
     from fireworks import Firework, LaunchPad, ScriptTask
 
-    from fw_screen.db import prepare_launchpad
+    from fw_screen.orchestration.launchpad import prepare_launchpad
 
     own = tmp_path / "my_launchpad.yaml"
     own.write_text(yaml.safe_dump({"host": db_server["host"], "port": db_server["port"],

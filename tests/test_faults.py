@@ -27,12 +27,14 @@ import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from fw_screen import server
-from fw_screen import status as st
-from fw_screen.campaign import funnel_report, load_references, run_promotion
-from fw_screen.cli import launch_workers
+from fw_screen.server import embedded as server
+from fw_screen import state as st
+from fw_screen.reporting.funnel import funnel_report
+from fw_screen.stages import load_references, run_promotion
+from fw_screen.orchestration.supervisor import launch_workers
 from fw_screen.spec import load_spec
-from fw_screen.workflows import dft_workflow, recover, submit
+from fw_screen.orchestration.fireworks import dft_workflow, submit
+from fw_screen.orchestration.recovery import recover
 
 from tests.conftest import free_port, fworker_file, generations_table, novel_ml_rows
 
@@ -303,7 +305,8 @@ def test_database_restart_mid_campaign(gen80, tmp_path):
     decided exactly once, with the same verdicts as an undisturbed run."""
     from fireworks import LaunchPad
 
-    from fw_screen.db import ResultsStore, prepare_launchpad
+    from fw_screen.store import ResultsStore
+    from fw_screen.orchestration.launchpad import prepare_launchpad
 
     home, port = tmp_path / "home", free_port()
     info = server.start(home, port=port)
@@ -411,7 +414,7 @@ def test_batch_submitted_while_launchers_run(gen80, launchpad, launchpad_file, s
 # ----------------------------------------------------- the connection dropped at a chosen database write
 @pytest.fixture(scope="module")
 def failpoint_server(tmp_path_factory):
-    """The embedded server as fw-screen runs it (:func:`fw_screen.server._command`), with mongod's test
+    """The embedded server as fw-screen runs it (:func:`fw_screen.server.embedded._command`), with mongod's test
     commands on, so a test can drop a client's connection at its k-th ``findAndModify``
     (``configureFailPoint failCommand`` with ``closeConnection``, scoped to one ``appName``)."""
     port = free_port()
@@ -430,7 +433,8 @@ def _failpoint_campaign(port: int, name: str, generations: Path, tmp_path: Path)
     import yaml
     from fireworks import LaunchPad
 
-    from fw_screen.db import ResultsStore, prepare_launchpad
+    from fw_screen.store import ResultsStore
+    from fw_screen.orchestration.launchpad import prepare_launchpad
 
     lp_file = tmp_path / "launchpad.yaml"
     lp_file.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "name": name, "strm_lvl": "WARNING",

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fw_screen import status as st
-from fw_screen.campaign import funnel_report, run_ingest
-from fw_screen.cli import launch_workers
-from fw_screen.workflows import submit
+from fw_screen import state as st
+from fw_screen.reporting.funnel import funnel_report
+from fw_screen.stages import run_ingest
+from fw_screen.orchestration.supervisor import launch_workers
+from fw_screen.orchestration.fireworks import submit
 
 from tests.conftest import fworker_file, generations_table
 
@@ -70,7 +71,7 @@ def test_three_concurrent_launchers_process_each_candidate_once(generations, lau
     f = funnel_report(store, "test")["funnel"]
     assert f["inputs"] == 40 and f["pending_validity"] == 0 and f["pending_uniqueness"] == 0
     # the per-condition yields (one aggregation per threshold) add up to the campaign funnel
-    from fw_screen.analysis import funnel_yields
+    from fw_screen.reporting.tables import funnel_yields
 
     y = funnel_yields(store, "test")
     rows = y["by_condition"]
@@ -129,7 +130,7 @@ def test_workflow_yaml_with_plain_lpad_add_and_rlaunch(generations, launchpad, l
 
 
 def test_campaign_spec_is_fixed_once_registered(generations, store, spec):
-    from fw_screen.db import StoreError
+    from fw_screen.store import StoreError
 
     run_ingest(store, generations, spec)
     changed = {**spec, "validity": {**spec["validity"], "symprec": 0.01}}
@@ -141,7 +142,7 @@ def test_batch_ids_survive_fireworks_serialisation(launchpad, store, generations
     """FireWorks turns spec strings that look like ISO dates into datetimes; batch ids must not look like one."""
     from fireworks import Firework
 
-    from fw_screen.db import new_submission_id
+    from fw_screen.store import new_submission_id
 
     for _ in range(2000):
         sid = f"{new_submission_id()}.00000"
@@ -153,7 +154,7 @@ def test_batch_ids_survive_fireworks_serialisation(launchpad, store, generations
 
 
 def test_validity_task_on_a_missing_batch_fails_loudly(store, spec, generations):
-    from fw_screen.campaign import run_validity
+    from fw_screen.stages import run_validity
 
     run_ingest(store, generations, spec)
     with pytest.raises(ValueError, match="has no batch"):

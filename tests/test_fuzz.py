@@ -27,10 +27,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fw_screen import campaign as cp
-from fw_screen.ingest import iter_candidates, split_blocks
+from fw_screen import stages as cp
+from fw_screen.science.ingest import iter_candidates, split_blocks
 from fw_screen.spec import load_spec
-from fw_screen.validity import check_cif
+from fw_screen.science.validity import check_cif
 
 DATA = Path(__file__).parent / "data"
 SEEDS = [b for b in split_blocks((DATA / "crystallm_pi_16.cif").read_text()) if b.strip()]

@@ -15,10 +15,19 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.structure_matcher import StructureMatcher
 from pymatgen.symmetry.groups import SpaceGroup
 
-from fw_screen.ingest import (KEPT_PREFIX, IngestError, candidate_document, candidate_id, decode_conditions,
-                              iter_candidates, postprocess, read_inputs, split_blocks)
+from fw_screen.science.ingest import (
+    KEPT_PREFIX,
+    IngestError,
+    candidate_document,
+    candidate_id,
+    decode_conditions,
+    iter_candidates,
+    postprocess,
+    read_inputs,
+    split_blocks,
+)
 from fw_screen.spec import load_spec
-from fw_screen.validity import check_cif, parse_structure
+from fw_screen.science.validity import check_cif, parse_structure
 
 DATA = Path(__file__).parent / "data"
 RAW_NACL = DATA / "raw_crystallm_nacl.cif"
@@ -247,7 +256,7 @@ def _special(tar: tarfile.TarFile, name: str, kind: bytes, linkname: str = "") -
 def test_hostile_tar_members_are_recorded_never_followed(tmp_path, monkeypatch, spec):
     """Traversal names, absolute names, symlinks, hard links, devices, FIFOs: every regular CIF member is a
     candidate, every other CIF-named member a candidate with the reason, nothing is written anywhere."""
-    from fw_screen.campaign import validity_fields
+    from fw_screen.stages import validity_fields
 
     box = tmp_path / "box"
     (box / "work").mkdir(parents=True)

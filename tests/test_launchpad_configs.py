@@ -10,7 +10,7 @@ from fireworks import FWorker, LaunchPad
 from fireworks.user_objects.queue_adapters.common_adapter import CommonAdapter
 from fireworks.utilities.fw_serializers import load_object_from_file
 
-from fw_screen import qe
+from fw_screen.dft import qe
 
 CONFIGS = Path(__file__).resolve().parent.parent / "launchpad"
 ADAPTERS = sorted(p.name for p in CONFIGS.glob("my_qadapter_*.yaml"))

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fw_screen import status as st
-from fw_screen.campaign import funnel_report
-from fw_screen.cli import launch_workers
-from fw_screen.workflows import promote_to_ml
+from fw_screen import state as st
+from fw_screen.reporting.funnel import funnel_report
+from fw_screen.orchestration.supervisor import launch_workers
+from fw_screen.orchestration.fireworks import promote_to_ml
 
 from tests.conftest import fworker_file, novel_ml_rows
 
@@ -53,7 +53,7 @@ def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpa
     dft_fws = {fw["spec"]["candidate"]: fw["state"] for fw in launchpad.fireworks.find({"spec.stage": "dft"})}
     assert dft_fws == {d["_id"]: "READY" for d in promoted}
     for d in store.candidates.find({"campaign": "test", "status": st.ML_DONE}):  # not promoted: a rule says why
-        from fw_screen.promotion import check
+        from fw_screen.science.promotion import check
         assert not check(d, {**spec["promotion"], "band_gap_source": "dft_lite"})[0] or d["targets"]["band_gap"]["value"] in {
             p["targets"]["band_gap"]["value"] for p in promoted}
 
@@ -112,9 +112,9 @@ def test_a_whole_database_set_loaded_later_relaxes_the_no_reference_candidates(l
     from pymatgen.core import Structure
     from pymatgen.entries.computed_entries import ComputedEntry
 
-    from fw_screen import stability
-    from fw_screen.campaign import load_references
-    from fw_screen.workflows import submit
+    from fw_screen.science import stability
+    from fw_screen.stages import load_references
+    from fw_screen.orchestration.fireworks import submit
     from tests.conftest import DATA, EXAMPLES
 
     load_references(store, EXAMPLES / "mp_Li-Co-Ni-O.json.gz")

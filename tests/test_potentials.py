@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from ase.calculators.calculator import Calculator, all_changes
 
-from fw_screen import potentials
-from fw_screen.potentials import POTENTIALS, PotentialError
+from fw_screen.science import potentials
+from fw_screen.science.potentials import POTENTIALS, PotentialError
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fw_screen.promotion import check, select
+from fw_screen.science.promotion import check, select
 from fw_screen.spec import load_spec
 
 RULES = load_spec()["promotion"]

@@ -12,8 +12,8 @@ import time
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from fw_screen import property as prop
-from fw_screen.property import (
+from fw_screen.science import band_gap as prop
+from fw_screen.science.band_gap import (
     BAND_GAP_MODELS,
     MEGNET_MFI_DIR,
     PropertyError,
@@ -21,8 +21,8 @@ from fw_screen.property import (
     predict_band_gap,
     register_band_gap_model,
     target_hits,
-    yields,
 )
+from fw_screen.science.yields import yields
 
 
 def rocksalt(a: float = 5.64) -> Structure:

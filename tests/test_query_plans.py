@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient, monitoring
 
-from fw_screen import campaign as cp
-from fw_screen import status as st
-from fw_screen.db import CANDIDATES, ResultsStore, plan_nodes
+from fw_screen import stages as cp
+from fw_screen.reporting import funnel
+from fw_screen import state as st
+from fw_screen.store import CANDIDATES, ResultsStore, plan_nodes
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -111,10 +112,10 @@ def test_every_query_of_the_cheap_and_ml_stages_is_index_backed(logged_store, sp
     store.status_counts(name)
     store.failure_counts(name)
     cp.ml_stage_finished(store, name)
-    cp.funnel_report(store, name)
+    funnel.funnel_report(store, name)
     # the post-relaxation pass and `fw-screen metrics`
     cp.run_relaxed_uniqueness(store, name)
-    from fw_screen.analysis import campaign_metrics
+    from fw_screen.reporting.tables import campaign_metrics
     campaign_metrics(store, name)
     store.dft_waiting()
     store.dft_waiting("some-protocol")

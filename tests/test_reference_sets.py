@@ -18,11 +18,11 @@ from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.core import Structure
 from pymatgen.entries.computed_entries import ComputedEntry
 
-from fw_screen import hulls
-from fw_screen import references as refs
-from fw_screen import status as st
-from fw_screen.campaign import load_references, requeue_covered, run_ingest, run_uniqueness, run_validity
-from fw_screen.db import ResultsStore
+from fw_screen.stages import hulls
+from fw_screen.science import references as refs
+from fw_screen import state as st
+from fw_screen.stages import load_references, requeue_covered, run_ingest, run_uniqueness, run_validity
+from fw_screen.store import ResultsStore
 from fw_screen.spec import load_spec
 
 DATA = Path(__file__).parent / "data"

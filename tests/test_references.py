@@ -14,8 +14,8 @@ import pytest
 from monty.json import MontyDecoder
 from pymatgen.io.cif import CifWriter
 
-from fw_screen import references as refs
-from fw_screen.campaign import load_references
+from fw_screen.science import references as refs
+from fw_screen.stages import load_references
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

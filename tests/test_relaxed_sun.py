@@ -20,11 +20,13 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from pymatgen.io.cif import CifWriter
 from scipy.stats import wasserstein_distance
 
-from fw_screen import hulls, promotion, stability
-from fw_screen import status as st
-from fw_screen import uniqueness as uq
-from fw_screen.analysis import campaign_metrics, format_metrics
-from fw_screen.campaign import (load_references, run_ingest, run_relaxed_uniqueness, run_uniqueness, run_validity)
+from fw_screen.stages import hulls
+from fw_screen.science import promotion
+from fw_screen.science import stability
+from fw_screen import state as st
+from fw_screen.science import uniqueness as uq
+from fw_screen.reporting.tables import campaign_metrics, format_metrics
+from fw_screen.stages import load_references, run_ingest, run_relaxed_uniqueness, run_uniqueness, run_validity
 from fw_screen.spec import load_spec
 
 from tests.conftest import DATA, EXAMPLES
@@ -130,7 +132,7 @@ def test_demo_relaxations_onto_known_phases_and_onto_each_other(store, demo_camp
     some_dup = next(cid for cid, rep in dup.items() if rep)
     assert promotion.check(docs[some_dup], rules)[1][0] == f"relaxed duplicate of {dup[some_dup]}"
     # the table shows what changed after relaxation
-    from fw_screen.analysis import hull_table
+    from fw_screen.reporting.tables import hull_table
     rows = {r["id"]: r for r in hull_table(store, "relaxed")}
     assert rows["demo:ec05a51fea3481ac2451"]["reason"] == "relaxed onto known mp_Na-Fe-P-O:mp-1598-GGA"
     assert rows[some_dup]["duplicate_of_relaxed"] == dup[some_dup]
@@ -230,7 +232,7 @@ def test_planted_ordered_approximant_is_known_only_with_the_disordered_matcher(s
 
 # -------------------------------------------------------------------------------------------- metrics
 def _python_metrics(docs: list[dict], thresholds: list[float], reference: dict) -> dict:
-    """Every metric by its definition (fw_screen/metrics.py states them), one document at a time."""
+    """Every metric by its definition (fw_screen/science/metrics.py states them), one document at a time."""
     def num(x):
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 

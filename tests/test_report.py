@@ -1,4 +1,4 @@
-"""The campaign HTML report (fw_screen/report.py) on the real server: its content against the analysis
+"""The campaign HTML report (fw_screen/reporting/report.py) on the real server: its content against the analysis
 functions, its CIF downloads against the stored structures, its rendering in a real headless Chromium
 (Debian's ``chromium`` driven by playwright: no console errors, every plot painted), the notes of a
 campaign whose later stages have not run, and ``fw-screen report`` as a user runs it.
@@ -30,12 +30,12 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.structure_matcher import StructureMatcher
 from pymatgen.io.cif import CifParser
 
-from fw_screen import campaign as cp
-from fw_screen import property as prop
-from fw_screen import status as st
-from fw_screen.analysis import AnalysisError, funnel_yields, ml_vs_dft
-from fw_screen.dft import molecule_in_box
-from fw_screen.report import SECTIONS, build_report
+from fw_screen import stages as cp
+from fw_screen.science import band_gap as prop
+from fw_screen import state as st
+from fw_screen.reporting.tables import AnalysisError, funnel_yields, ml_vs_dft
+from fw_screen.dft.hull import molecule_in_box
+from fw_screen.reporting.report import SECTIONS, build_report
 from fw_screen.spec import load_spec
 
 DATA = Path(__file__).parent / "data"
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 # ------------------------------------------------------------------------------------ the campaign
 def _store(path: Path):
-    from fw_screen.db import ResultsStore
+    from fw_screen.store import ResultsStore
 
     return ResultsStore.from_file(str(path))
 

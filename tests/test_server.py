@@ -14,7 +14,7 @@ import pymongo
 import pytest
 import yaml
 
-from fw_screen import server
+from fw_screen.server import embedded as server
 from tests.conftest import DATA, free_port
 
 MP = DATA / "mp"
@@ -115,9 +115,10 @@ def test_auth_end_to_end(tmp_path):
     FireWorks and fw-screen, files are private, the password appears in no output, log, document or report."""
     from fireworks import Firework, LaunchPad, ScriptTask
 
-    from fw_screen import campaign as cp
-    from fw_screen.db import ResultsStore, prepare_launchpad
-    from fw_screen.report import build_report
+    from fw_screen import stages as cp
+    from fw_screen.store import ResultsStore
+    from fw_screen.orchestration.launchpad import prepare_launchpad
+    from fw_screen.reporting.report import build_report
     from fw_screen.spec import load_spec
 
     home = tmp_path / "h"
@@ -300,12 +301,12 @@ def test_find_and_modify_hands_out_each_counter_value_once(db_server, launchpad_
 
     SecantusDB 0.7.0b3's own ``secantusd-py`` fails this (its reply's pre-image is read before the write
     lock: 941 distinct values of 1,600 here); the server ``fw-screen db start`` runs
-    (:mod:`fw_screen.secantusd`) holds the lock for the whole command.  FireWorks takes Firework and Launch
+    (:mod:`fw_screen.server.secantusd`) holds the lock for the whole command.  FireWorks takes Firework and Launch
     ids this way, and two launchers given one launch id share one Launch document (seen in CI as a
     Firework with no Launch of its own)."""
     from fireworks import LaunchPad
 
-    from fw_screen.db import ResultsStore
+    from fw_screen.store import ResultsStore
     from fw_screen.spec import load_spec
 
     n_threads, per_thread = 8, 100

@@ -14,7 +14,8 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
-from fw_screen import potentials, stability
+from fw_screen.science import potentials
+from fw_screen.science import stability
 
 REPO = Path(__file__).resolve().parents[1]
 MP_DIR = REPO.parent / "shared" / "data" / "reference" / "mp"
@@ -248,8 +249,8 @@ def test_m3gnet_energy_scale(lcno):
 def test_band_gap_failure_keeps_the_hull_result(store, spec):
     """One-element candidate (hull from the elemental references) whose cell is too dilute for MEGNet's 5 A
     cutoff: the band gap is recorded as an error, the relaxation and hull distance are kept (ml_done)."""
-    from fw_screen import status as st
-    from fw_screen.campaign import load_references, stability_fields
+    from fw_screen import state as st
+    from fw_screen.stages import load_references, stability_fields
 
     load_references(store, Path(__file__).resolve().parent.parent / "examples" /
                     "mp-elemental-reference-entries-2023-02-07.json.gz")

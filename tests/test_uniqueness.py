@@ -18,11 +18,11 @@ from pymatgen.core.operations import SymmOp
 from pymatgen.core.structure_matcher import StructureMatcher
 from pymatgen.io.cif import CifWriter
 
-from fw_screen import campaign as cp
-from fw_screen import uniqueness as uq
-from fw_screen.ingest import read_inputs
+from fw_screen import stages as cp
+from fw_screen.science import uniqueness as uq
+from fw_screen.science.ingest import read_inputs
 from fw_screen.spec import load_spec
-from fw_screen.validity import parse_structure
+from fw_screen.science.validity import parse_structure
 
 DATA = Path(__file__).parent / "data"
 MP = DATA / "mp"

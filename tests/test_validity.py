@@ -14,10 +14,16 @@ from pymatgen.core import Composition, Element, Lattice, Structure
 from pymatgen.io.cif import CifParser, CifWriter
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from fw_screen.ingest import split_blocks
+from fw_screen.science.ingest import split_blocks
 from fw_screen.spec import load_spec
-from fw_screen.validity import (CHECK_ORDER, bond_length_score, check_cif, min_interatomic_distance,
-                                parse_structure, symmetry_orbits)
+from fw_screen.science.validity import (
+    CHECK_ORDER,
+    bond_length_score,
+    check_cif,
+    min_interatomic_distance,
+    parse_structure,
+    symmetry_orbits,
+)
 
 DATA = Path(__file__).parent / "data"
 MP_CIFS = sorted((DATA / "mp").glob("*.cif"))
@@ -40,7 +46,7 @@ def generations() -> list[str]:
 
 # ------------------------------------------------------------------ CrystaLLM's metrics, re-implemented
 # Written for this test from the definitions in CrystaLLM (Antunes et al. 2024, crystallm/_metrics.py):
-# the plain loop over every site, no symmetry shortcut, no shared code with fw_screen.validity.
+# the plain loop over every site, no symmetry shortcut, no shared code with fw_screen.science.validity.
 def ref_bond_score(cif: str, tolerance: float = 0.32, h_factor: float = 2.5) -> float:
     structure = Structure.from_str(cif, fmt="cif")
     nn = CrystalNN()

@@ -22,8 +22,8 @@ import yaml
 pytest.importorskip("atomate", reason="atomate 1.1.0 is not installed (pip install atomate==1.1.0 custodian)")
 pytest.importorskip("custodian", reason="custodian is not installed")
 
-from fw_screen import status as st
-from fw_screen.references import entry_document
+from fw_screen import state as st
+from fw_screen.science.references import entry_document
 
 DATA = Path(__file__).parent / "data" / "vasp"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "vasp_reference_runs"
@@ -89,7 +89,8 @@ def _run(launchpad, launchpad_file, store, tmp_path, monkeypatch, ref_root: Path
     from fireworks.core.rocket_launcher import rapidfire
     from pymatgen.core import SETTINGS
 
-    from fw_screen.vasp import atomate_db_file, vasp_workflow
+    from fw_screen.store.atomate import atomate_db_file
+    from fw_screen.orchestration.fireworks import vasp_workflow
 
     # pymatgen writes POTCARs from $PMG_VASP_PSP_DIR/POT_GGA_PAW_PBE/POTCAR.Si.gz (read at import: patch)
     monkeypatch.setitem(SETTINGS, "PMG_VASP_PSP_DIR", str(REF))
@@ -115,7 +116,8 @@ def test_real_custodian_path_with_a_failing_vasp_binary(launchpad, launchpad_fil
     from fireworks.core.rocket_launcher import rapidfire
     from pymatgen.core import SETTINGS
 
-    from fw_screen.vasp import atomate_db_file, vasp_workflow
+    from fw_screen.store.atomate import atomate_db_file
+    from fw_screen.orchestration.fireworks import vasp_workflow
 
     monkeypatch.setitem(SETTINGS, "PMG_VASP_PSP_DIR", str(REF))
     store.candidates.insert_one(_si_candidate())
@@ -180,7 +182,7 @@ def test_si_through_fake_vasp_to_dft_done(launchpad, launchpad_file, store, tmp_
 
     # vasp_result on the same task documents (pure): a custodian correction is reported, a hull without an
     # elemental Si entry leaves e_above_hull None with the reason, a missing run fails the candidate
-    from fw_screen.vasp import vasp_result
+    from fw_screen.dft.vasp import vasp_result
 
     fixed = [dict(t) for t in tasks]
     static = next(t for t in fixed if t["task_label"] == "static")

@@ -4,9 +4,9 @@
 
 Two variants per quantity, in the output format of ``compare_matgl.py`` under ``results[variant][id]``:
 
-- ``port``: as shipped.  MEGNet via ``fw_screen.property.load_matgl_band_gap_model`` (which applies
+- ``port``: as shipped.  MEGNet via ``fw_screen.science.band_gap.load_matgl_band_gap_model`` (which applies
   ``use_dgl_edge_aggregation`` because ``is_dgl_era_megnet`` recognises the checkpoint's sha256); M3GNet via
-  ``fw_screen.potentials.load_matgl_calculator(folder)`` (``dgl_aggregation=None`` -> ``is_dgl_era_checkpoint``
+  ``fw_screen.science.potentials.load_matgl_calculator(folder)`` (``dgl_aggregation=None`` -> ``is_dgl_era_checkpoint``
   -> ``use_dgl_node_aggregation``).
 - ``stock``: the rebinding off, i.e. stock matgl 4.1.2: the same loaders with ``is_dgl_era_megnet`` replaced by
   ``lambda folder: False`` for this process (no file is edited) and ``load_matgl_calculator(folder,
@@ -50,8 +50,8 @@ def main(argv: list[str]) -> int:
     import matgl
     from pymatgen.core import Structure
 
-    import fw_screen.property as prop
-    from fw_screen.potentials import load_matgl_calculator
+    from fw_screen.science import band_gap as prop
+    from fw_screen.science.potentials import load_matgl_calculator
 
     with open(argv[1]) as fh:
         items = json.load(fh)

@@ -5,10 +5,10 @@
 
 For every structure of ``structures.py``:
 
-* **full**: :func:`fw_screen.qe.run_chain` with the default spec's ``dft.qe`` settings (the DFT stage's
+* **full**: :func:`fw_screen.dft.qe.chain.run_chain` with the default spec's ``dft.qe`` settings (the DFT stage's
   protocol: SSSP efficiency 1.3, per-system cutoffs, kppa 1000, vc-relax -> scf -> nscf at nscf_kppa 3000,
   Marzari-Vanderbilt smearing 0.01 Ry) from the experimental cell: the PBE gap of the relaxed crystal;
-* **lite**: the DFT-lite property tier (:mod:`fw_screen.dft_lite`): the cell relaxed by the default ML
+* **lite**: the DFT-lite property tier (:mod:`fw_screen.dft.lite`): the cell relaxed by the default ML
   potential (CHGNet, as the ML stage does), then scf -> nscf with the tier's reduced k-densities, no vc-relax.
 
 Results go to ``truth_set.json`` (merged by name, so a run with ``--only`` updates those rows) and each
@@ -60,7 +60,8 @@ def _summary(result: dict) -> dict:
 
 
 def compute(name: str, pseudo_dir: str, tiers: tuple[str, ...]) -> dict:
-    from fw_screen import dft_lite, qe
+    from fw_screen.dft import lite as dft_lite
+    from fw_screen.dft import qe
     from fw_screen.spec import default_spec
 
     spec = default_spec()
@@ -76,7 +77,8 @@ def compute(name: str, pseudo_dir: str, tiers: tuple[str, ...]) -> dict:
             row["full"] = {**_summary(result), "protocol": proto}
             _copy_inputs(Path(tmp) / "full", INPUTS / name / "full")
         if "lite" in tiers:
-            from fw_screen import potentials, stability
+            from fw_screen.science import potentials
+            from fw_screen.science import stability
 
             calc = potentials.get_calculator(spec["ml"]["potential"])
             t0 = time.time()
