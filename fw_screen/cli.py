@@ -631,6 +631,14 @@ def cmd_ml(args) -> int:
     return 0
 
 
+def examples_dir() -> Path:
+    """The demo's inputs: ``fw_screen/examples`` of an installed wheel (the repository's ``examples/``
+    folder, shipped as ``fw_screen.examples``), else ``examples/`` of the source checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "examples"
+    return installed if (installed / "crystallm_pi_generated_8k.parquet").is_file() else here.parent / "examples"
+
+
 def cmd_demo(args) -> int:
     from fw_screen import state as st
     from fw_screen.orchestration.fireworks import submit
@@ -638,7 +646,7 @@ def cmd_demo(args) -> int:
     from fw_screen.spec import load_spec
     from fw_screen.stages import load_references
 
-    examples = Path(__file__).resolve().parent.parent / "examples"
+    examples = examples_dir()
     source = args.input or str(examples / "crystallm_pi_generated_8k.parquet")
     ref_sources = args.references if args.references is not None else sorted(
         str(p) for p in examples.glob("mp*.json.gz"))

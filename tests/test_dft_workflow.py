@@ -177,6 +177,33 @@ def test_reference_claims_are_taken_once(store):
     assert store.dft_references.find_one({"_id": "p1:mp-2"})["attempts"] == 2
 
 
+
+def test_a_retaken_claim_belongs_to_the_firework_that_retook_it(launchpad, store):
+    """Bug 1 of issue 15: re-taking a failed or released claim stored no new Firework id (the update set an
+    ``owner`` no caller passes), so a rerun of that Firework could not retake its own claim and ``recover``
+    released a claim whose Firework was alive, letting a second Firework compute the reference again."""
+    from fireworks import Firework
+
+    from fw_screen.orchestration.recovery import recover
+
+    store.dft_references.insert_one({"_id": "p2:mp-1", "status": "failed", "attempts": 1, "fw_id": 3,
+                                     "system": "Li", "key": "mp-1", "claimed": store_now()})
+    launchpad.add_wf(Firework([], spec={"stage": "dft", "campaign": "x", "candidate": "x:1"}, fw_id=-1))
+    live_fw = launchpad.fireworks.find_one({})["fw_id"]  # READY: alive
+    assert store.claim_dft_reference({"_id": "p2:mp-1", "fw_id": live_fw})
+    assert store.dft_references.find_one({"_id": "p2:mp-1"})["fw_id"] == live_fw
+    assert store.claim_dft_reference({"_id": "p2:mp-1", "fw_id": live_fw})  # its rerun retakes its own claim
+    assert not store.claim_dft_reference({"_id": "p2:mp-1", "fw_id": 3})  # the old owner does not
+    r = recover(launchpad, store)
+    assert r["claims_released"] == [] and r["claims_live"] == [{"ref_id": "p2:mp-1", "fireworks": [live_fw]}]
+    assert store.dft_references.find_one({"_id": "p2:mp-1"})["status"] == "running"
+
+
+def store_now():
+    from fw_screen.store import utcnow
+
+    return utcnow()
+
 @needs_pw
 def test_wall_time_continues_in_a_new_firework(launchpad, launchpad_file, store, tmp_path):
     """With dft.qe.walltime_s shorter than the chain, pw.x stops itself, the Firework completes with a

@@ -197,6 +197,29 @@ def test_si_through_fake_vasp_to_dft_done(launchpad, launchpad_file, store, tmp_
     assert res["status"] == st.DFT_FAILED and res["reason"] == "no task document for nscf uniform"
 
 
+def test_vasp_results_carry_the_dft_schema_and_reach_compare(launchpad, launchpad_file, store, tmp_path, monkeypatch):
+    """Bug 2 of issue 15: VASP results stored no ``hull_status``, ``stable``, ``hits`` or ``ml_vs_dft``, so
+    VASP candidates dropped out of ``fw-screen compare`` and the DFT summary.  One schema
+    (:mod:`fw_screen.dft.schema`) completes QE and VASP results alike."""
+    from fw_screen.reporting.tables import ml_vs_dft
+    from fw_screen.spec import load_spec
+
+    store.register_campaign(load_spec(campaign="vasptest"))
+    _run(launchpad, launchpad_file, store, tmp_path, monkeypatch, _ref_dirs(tmp_path))
+    dft = store.candidates.find_one({"_id": "vasptest:si"})["dft"]
+    e_hull = (SI_STATIC_ENERGY - MP_SI["energy"]) / 2
+    assert dft["hull_status"] == "done" and dft["stable"] is (e_hull <= 0.1)
+    assert dft["ml_vs_dft"]["e_above_hull_ml"] == 0.01
+    assert dft["ml_vs_dft"]["e_above_hull_error"] == pytest.approx(0.01 - e_hull, abs=1e-6)
+    assert dft["ml_vs_dft"]["band_gap_dft"] == pytest.approx(SI_GAP, abs=1e-3)
+    assert dft["hits"]["band_gap"]["target"] == pytest.approx(0.681)
+    assert dft["hits"]["band_gap"]["hit"] is (abs(SI_GAP - 0.681) <= load_spec()["property"]["band_gap_tolerance"])
+    summary = store.dft_summary("vasptest")
+    assert summary["done"] == 1 and summary["hull_done"] == 1 and summary["stable"] == int(dft["stable"])
+    compared = ml_vs_dft(store, "vasptest")
+    assert compared["n_dft"] == 1 and compared["rows"][0]["id"] == "vasptest:si"
+
+
 def test_incar_mismatch_fails_fake_vasp_and_the_candidate(launchpad, launchpad_file, store, tmp_path, monkeypatch):
     """The fake-VASP check is real: a reference relaxation with another ENCUT fizzles the relaxation, the
     Fireworks after it fizzle before VASP, and the candidate goes to dft_failed saying why."""

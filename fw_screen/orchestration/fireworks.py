@@ -15,6 +15,7 @@ from fireworks import FiretaskBase, Firework, FWAction, Workflow, explicit_seria
 
 from fw_screen import stages as campaign
 from fw_screen import state as st
+from fw_screen.dft import schema
 from fw_screen.dft.vasp import candidate_structure, vasp_result
 from fw_screen.store import ResultsStore
 from fw_screen.store.atomate import find_task_docs
@@ -252,7 +253,7 @@ class VaspResultTask(FiretaskBase):
 
             tasks_db = env_chk(tasks_db, fw_spec)
         docs = find_task_docs(tasks_db, cid)
-        cand = store.candidates.find_one({"_id": cid}, {"elements": 1, "structure_reduced": 1})
+        cand = store.dft_candidate(cid)
         elements = (cand or {}).get("elements")
         if not elements and cand:
             from pymatgen.core import Structure
@@ -260,6 +261,8 @@ class VaspResultTask(FiretaskBase):
             elements = sorted({e.symbol for e in Structure.from_dict(cand["structure_reduced"]).composition.elements})
         refs = store.entries_in_chemsys(elements or [], "mp2020")  # the scale MP2020-processed VASP energies are on
         result = vasp_result(docs, refs, cid, failures=_fizzle_reasons(fw_spec))
+        if cand is not None:  # the verdicts QE results carry too: hull status, stable, hits, ml_vs_dft
+            result = schema.complete(result, cand, store.campaign_spec(cand["campaign"]))
         moved = store.transition([(cid, st.PROMOTED, result["status"], {"dft": result})], "dft")
         return FWAction(stored_data={"candidate": cid, "status": result["status"], "moved": moved,
                                      "e_above_hull": result.get("e_above_hull"),
@@ -465,7 +468,6 @@ def promoted_without_dft_fireworks(launchpad, store, campaign: str) -> list[str]
     """Promoted candidates of a campaign with no DFT Firework (QE or VASP) on the LaunchPad, in input order."""
     from fw_screen.orchestration.launchpad import stage_keys_with_fireworks
 
-    have = (stage_keys_with_fireworks(launchpad, campaign, "dft", "candidate")
-            | stage_keys_with_fireworks(launchpad, campaign, "dft_vasp", "candidate"))
+    have = stage_keys_with_fireworks(launchpad, campaign, "dft", "candidate")  # QE and VASP Fireworks alike
     return [d["_id"] for d in store.candidates_for({"campaign": campaign, "status": "promoted"}, {"_id": 1})
             if d["_id"] not in have]

@@ -75,8 +75,11 @@ def fits_disordered(matcher: StructureMatcher, candidate: Structure, reference: 
 
 
 def reduce_structure(structure: Structure) -> Structure:
-    """The primitive, Niggli-reduced cell StructureMatcher would compare (computed once, then cached)."""
-    return StructureMatcher._get_reduced_structure(structure, primitive_cell=True, niggli=True)
+    """The primitive, Niggli-reduced cell StructureMatcher would compare (computed once, then cached).
+
+    StructureMatcher (primitive_cell=True) reduces the same way: Niggli first, then the primitive cell, with
+    pymatgen's public Structure methods (tests/test_uniqueness.py holds the two equal on the demo's CIFs)."""
+    return Structure.from_sites(structure.get_reduced_structure(reduction_algo="niggli").get_primitive_structure())
 
 
 def match_key(reduced: Structure) -> str:

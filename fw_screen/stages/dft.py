@@ -10,6 +10,7 @@ from pathlib import Path
 from pymatgen.core import Structure
 
 from fw_screen import state as st
+from fw_screen.dft import schema
 from fw_screen.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,6 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
     A rerun of the Firework (``fw_id``) after its launcher died while computing those reference phases
     inline finds the candidate ``dft_done`` with its hull waiting: it only resumes the references."""
     from fw_screen.dft import qe
-    from fw_screen.science import band_gap as prop
 
     doc = next(store.candidates_for({"_id": candidate_id}, {"campaign": 1, "status": 1, "elements": 1,
                                                              "targets": 1, "ml": 1, "dft.hull_status": 1,
@@ -163,11 +163,7 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
         store.transition([(candidate_id, st.PROMOTED, st.DFT_FAILED, {"dft": fields})], "dft")
         return {"status": "failed", "reason": result.get("reason")}
     gap = (result.get("band_gap") or {}).get("band_gap")
-    fields["hits"] = prop.target_hits(gap, None, doc.get("targets") or {}, spec["property"]["band_gap_tolerance"],
-                                      spec["dft"]["stability_threshold"])
-    ml_gap = ((doc["ml"].get("band_gap") or {}).get("band_gap"))
-    fields["ml_vs_dft"] = {"band_gap_ml": ml_gap, "band_gap_dft": gap,
-                           "band_gap_error": None if ml_gap is None or gap is None else ml_gap - gap}
+    fields.update(schema.band_gap_fields(gap, doc, spec))
     try:
         phases = dft_reference_phases(store, result["structure"], spec)
     except Exception as exc:
@@ -217,7 +213,6 @@ def update_dft_hulls(store: ResultsStore, protocol_id: str | None = None) -> int
     a failed reference fails the hull with its reason.  Returns the number of hulls written.
     """
     from fw_screen.dft import hull as dft
-    from fw_screen.science import band_gap as prop
 
     written = 0
     for doc in store.dft_waiting(protocol_id):
@@ -238,13 +233,9 @@ def update_dft_hulls(store: ResultsStore, protocol_id: str | None = None) -> int
         except dft.HullError as exc:
             written += store.set_dft_hull(doc["_id"], "waiting", {"hull_status": "failed", "hull_reason": str(exc)})
             continue
-        thr = spec["dft"]["stability_threshold"]
         gap = (d.get("band_gap") or {}).get("band_gap")
-        hits = prop.target_hits(gap, hull["e_above_hull"], doc.get("targets") or {},
-                                spec["property"]["band_gap_tolerance"], thr)
-        ml_e = (doc.get("ml") or {}).get("e_above_hull")
+        verdict = schema.hull_fields(hull["e_above_hull"], gap, doc, spec)
+        ml_vs_dft = verdict.pop("ml_vs_dft")  # dotted: the band-gap half written with the band gap stays
         written += store.set_dft_hull(doc["_id"], "waiting", {
-            **hull, "hull_status": "done", "stable": hull["e_above_hull"] <= thr, "hits": hits,
-            "ml_vs_dft.e_above_hull_ml": ml_e,
-            "ml_vs_dft.e_above_hull_error": None if ml_e is None else ml_e - hull["e_above_hull"]})
+            **hull, **verdict, **{f"ml_vs_dft.{k}": v for k, v in ml_vs_dft.items()}})
     return written

@@ -38,8 +38,6 @@ def load_references(store: ResultsStore, source: str | Path, set_name: str | Non
     """
     import uuid
 
-    from pymongo.errors import DuplicateKeyError
-
     source_name = str(source)
     name = set_name or ("mp-" + source_name[3:] if source_name.startswith("mp:") else refs.default_set_name(source))
     store.migrate_legacy_references()
@@ -62,10 +60,8 @@ def load_references(store: ResultsStore, source: str | Path, set_name: str | Non
             f"one another name (--set), or remove the old one first (fw-screen references --remove {name})")
     found = found if found is not None else read_references(source, covers, trust_pickle)
     version = uuid.uuid4().hex[:12]
-    try:
-        store.begin_reference_set({"_id": name, "version": version, "source": source_name, "format": found.format,
-                                   "sha256": found.sha256})
-    except DuplicateKeyError:
+    if not store.begin_reference_set({"_id": name, "version": version, "source": source_name, "format": found.format,
+                                      "sha256": found.sha256}):
         raise refs.ReferenceSourceError(f"reference set {name!r} is being loaded by another process") from None
     summary = refs.SetSummary()
     counts = {"structures": 0, "entries": 0}

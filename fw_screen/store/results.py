@@ -504,10 +504,14 @@ class ResultsStore:
     def reference_set(self, name: str) -> dict | None:
         return self.sets.find_one({"_id": name})
 
-    def begin_reference_set(self, doc: dict) -> None:
+    def begin_reference_set(self, doc: dict) -> bool:
         """Register a set being loaded (state ``loading``): its documents stay invisible until
-        :meth:`activate_reference_set`.  Raises DuplicateKeyError if the name is taken."""
-        self.sets.insert_one({**doc, "state": "loading", "started_at": utcnow()})
+        :meth:`activate_reference_set`.  False if the name is taken (another process is loading it)."""
+        try:
+            self.sets.insert_one({**doc, "state": "loading", "started_at": utcnow()})
+        except DuplicateKeyError:
+            return False
+        return True
 
     def activate_reference_set(self, name: str, fields: dict) -> None:
         self.sets.update_one({"_id": name, "state": "loading"},
@@ -827,6 +831,11 @@ class ResultsStore:
         return list(self.candidates.find({"campaign": campaign, "status": {"$in": [
             st.PROMOTED, st.DFT_DONE, st.DFT_FAILED]}}, fields).sort([("dft.e_above_hull", ASCENDING), ("_id", ASCENDING)]))
 
+    def dft_candidate(self, candidate_id: str) -> dict | None:
+        """What a DFT result is completed with: campaign, elements, targets, the ML numbers."""
+        return self.candidates.find_one({"_id": candidate_id}, {"campaign": 1, "elements": 1, "structure_reduced": 1,
+                                                                "targets": 1, "ml.e_above_hull": 1, "ml.band_gap": 1})
+
     def claim_dft_reference(self, doc: dict) -> bool:
         """Claim a reference calculation (``_id`` = protocol id + phase key); False when someone has it.
 
@@ -841,7 +850,7 @@ class ResultsStore:
                 retake.append({"status": "running", "fw_id": doc["fw_id"]})
             res = self.dft_references.update_one(
                 {"_id": doc["_id"], "$or": retake},
-                {"$set": {"status": "running", "claimed": utcnow(), "owner": doc.get("owner")},
+                {"$set": {"status": "running", "claimed": utcnow(), "fw_id": doc.get("fw_id")},
                  "$inc": {"attempts": 1}, "$push": {"history": {"at": utcnow(), "event": "reclaimed"}}})
             return res.modified_count == 1
 
