@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from fw_screen.reporting.chemical_space import load_groups# noqa: F401 -- the data access lives in fw_screen
+from fw_screen.reporting.chemical_space import load_groups  # noqa: F401 -- the data access lives in fw_screen
 
 
 def main(argv=None) -> int:

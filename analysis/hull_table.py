@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from fw_screen.reporting.tables import hull_table, format_table, table_filter# noqa: F401 -- re-exported for notebooks and scripts
+from fw_screen.reporting.tables import hull_table, format_table, table_filter  # noqa: F401 -- re-exported for notebooks and scripts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from fw_screen.reporting.tables import campaign_metrics, format_metrics# noqa: F401 -- re-exported for notebooks and scripts
+from fw_screen.reporting.tables import campaign_metrics, format_metrics  # noqa: F401 -- re-exported for notebooks and scripts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fw_screen.reporting.report import build_report, format_summary# noqa: F401 -- re-exported for notebooks and scripts
+from fw_screen.reporting.report import build_report, format_summary  # noqa: F401 -- re-exported for notebooks and scripts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from fw_screen.reporting.tables import funnel_yields, yield_rows# noqa: F401 -- re-exported for notebooks and scripts
+from fw_screen.reporting.tables import funnel_yields, yield_rows  # noqa: F401 -- re-exported for notebooks and scripts
 
 
 def main(argv: list[str] | None = None) -> int:

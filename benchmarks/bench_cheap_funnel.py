@@ -49,14 +49,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import code_version, free_port, loadavg, machine_info, save_results  # noqa: E402
 
-from fw_screen.server import embedded as server# noqa: E402
-from fw_screen.reporting.funnel import funnel_report# noqa: E402
+from fw_screen.server import embedded as server  # noqa: E402
+from fw_screen.reporting.funnel import funnel_report  # noqa: E402
 from fw_screen.stages import load_references
-from fw_screen.orchestration.supervisor import launch_workers# noqa: E402
-from fw_screen.store import ResultsStore# noqa: E402
+from fw_screen.orchestration.supervisor import launch_workers  # noqa: E402
+from fw_screen.store import ResultsStore  # noqa: E402
 from fw_screen.orchestration.launchpad import prepare_launchpad
-from fw_screen.spec import load_spec# noqa: E402
-from fw_screen.orchestration.fireworks import submit# noqa: E402
+from fw_screen.spec import load_spec  # noqa: E402
+from fw_screen.orchestration.fireworks import submit  # noqa: E402
 
 EXAMPLES = REPO / "examples"
 DEFAULT_INPUT = EXAMPLES / "crystallm_pi_generated_8k.parquet"

@@ -57,9 +57,9 @@ from _common import code_version, free_port, loadavg, machine_info, save_results
 
 from fw_screen.dft import qe
 from fw_screen.dft.qe import io
-from fw_screen.server import embedded as server# noqa: E402
-from fw_screen import state as st# noqa: E402
-from fw_screen.spec import load_spec# noqa: E402
+from fw_screen.server import embedded as server  # noqa: E402
+from fw_screen import state as st  # noqa: E402
+from fw_screen.spec import load_spec  # noqa: E402
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -78,8 +78,8 @@ from pathlib import Path
 
 from _common import REPO, code_version, free_port, loadavg, machine_info, save_results
 
-from fw_screen.server import embedded as server# noqa: E402  (after _common: BLAS threads, sys.path)
-from fw_screen.science.references import subsystems# noqa: E402
+from fw_screen.server import embedded as server  # noqa: E402  (after _common: BLAS threads, sys.path)
+from fw_screen.science.references import subsystems  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXAMPLES = REPO / "examples"

@@ -66,16 +66,16 @@ from _common import REPO  # noqa: E402
 from _common import code_version, free_port, loadavg, machine_info  # noqa: E402
 from bench_cheap_funnel import MemorySampler  # noqa: E402
 
-from fw_screen.server import embedded as server# noqa: E402
-from fw_screen import state as st# noqa: E402
-from fw_screen.stages import load_references, validity_fields# noqa: E402
-from fw_screen.orchestration.supervisor import launch_workers# noqa: E402
-from fw_screen.store import ResultsStore# noqa: E402
+from fw_screen.server import embedded as server  # noqa: E402
+from fw_screen import state as st  # noqa: E402
+from fw_screen.stages import load_references, validity_fields  # noqa: E402
+from fw_screen.orchestration.supervisor import launch_workers  # noqa: E402
+from fw_screen.store import ResultsStore  # noqa: E402
 from fw_screen.orchestration.launchpad import prepare_launchpad
-from fw_screen.science.ingest import iter_candidates# noqa: E402
-from fw_screen.spec import load_spec# noqa: E402
-from fw_screen.science.uniqueness import reduce_structure# noqa: E402
-from fw_screen.orchestration.fireworks import ml_fireworks# noqa: E402
+from fw_screen.science.ingest import iter_candidates  # noqa: E402
+from fw_screen.spec import load_spec  # noqa: E402
+from fw_screen.science.uniqueness import reduce_structure  # noqa: E402
+from fw_screen.orchestration.fireworks import ml_fireworks  # noqa: E402
 
 warnings.filterwarnings("ignore")
 EXAMPLES = REPO / "examples"

@@ -61,12 +61,12 @@ from _common import code_version, free_port, loadavg, machine_info, save_results
 
 from fw_screen import stages as campaign
 from fw_screen.stages import novelty
-from fw_screen.server import embedded as server# noqa: E402
-from fw_screen.science import references as refs# noqa: E402
-from fw_screen.science import uniqueness as uq# noqa: E402
-from fw_screen.store import ResultsStore# noqa: E402
-from fw_screen.science.ingest import iter_candidates# noqa: E402
-from fw_screen.spec import load_spec# noqa: E402
+from fw_screen.server import embedded as server  # noqa: E402
+from fw_screen.science import references as refs  # noqa: E402
+from fw_screen.science import uniqueness as uq  # noqa: E402
+from fw_screen.store import ResultsStore  # noqa: E402
+from fw_screen.science.ingest import iter_candidates  # noqa: E402
+from fw_screen.spec import load_spec  # noqa: E402
 
 GENERATED = REPO / "examples" / "crystallm_pi_generated_8k.parquet"
 MP_DIR = REPO.parent / "shared" / "data" / "reference" / "mp"

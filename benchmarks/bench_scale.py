@@ -43,9 +43,9 @@ from _common import code_version, free_port, loadavg, machine_info, save_results
 
 
 import bench_cheap_funnel as bcf  # noqa: E402
-from fw_screen.server import embedded as server# noqa: E402
-from fw_screen import state as st# noqa: E402
-from fw_screen.store import ResultsStore, plan_nodes# noqa: E402
+from fw_screen.server import embedded as server  # noqa: E402
+from fw_screen import state as st  # noqa: E402
+from fw_screen.store import ResultsStore, plan_nodes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MB = 1024 * 1024

@@ -49,14 +49,14 @@ from _common import code_version, free_port, loadavg, machine_info, save_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_cheap_funnel as bcf  # noqa: E402
-from fw_screen import stages as cp# noqa: E402
+from fw_screen import stages as cp  # noqa: E402
 from fw_screen.stages import hulls
-from fw_screen.server import embedded as server# noqa: E402
-from fw_screen import state as st# noqa: E402
-from fw_screen.science import uniqueness as uq# noqa: E402
-from fw_screen.reporting.tables import campaign_metrics# noqa: E402
-from fw_screen.store import ResultsStore# noqa: E402
-from fw_screen.spec import load_spec# noqa: E402
+from fw_screen.server import embedded as server  # noqa: E402
+from fw_screen import state as st  # noqa: E402
+from fw_screen.science import uniqueness as uq  # noqa: E402
+from fw_screen.reporting.tables import campaign_metrics  # noqa: E402
+from fw_screen.store import ResultsStore  # noqa: E402
+from fw_screen.spec import load_spec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -1,9 +1,10 @@
 """fw-screen: screen generated crystal structures down a funnel with FireWorks and MongoDB.
 
-Stages, one module each: :mod:`~fw_screen.science.ingest`, :mod:`~fw_screen.science.validity`,
-:mod:`~fw_screen.science.uniqueness` (with novelty).  :mod:`~fw_screen.stages` runs a stage on a slice of a
-campaign, :mod:`~fw_screen.store` owns MongoDB, :mod:`~fw_screen.orchestration.fireworks` and :mod:`~fw_screen.orchestration.fireworks`
-are the FireWorks side, :mod:`~fw_screen.cli` the command line.
+One folder per layer, each importing only the ones before it (tests/test_layout.py): :mod:`~fw_screen.science`
+(pure verdicts, one module per funnel stage), :mod:`~fw_screen.dft` (the DFT result schema, hull, Quantum
+ESPRESSO, VASP), :mod:`~fw_screen.store` (MongoDB), :mod:`~fw_screen.server` (the embedded database),
+:mod:`~fw_screen.stages` (one runner per stage), :mod:`~fw_screen.reporting` (tables, metrics, the report),
+:mod:`~fw_screen.orchestration` (FireWorks), and :mod:`~fw_screen.cli` (the command line).
 """
 
 __version__ = "0.1.0"

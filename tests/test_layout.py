@@ -279,3 +279,22 @@ def test_the_wheel_ships_the_demo_inputs_and_the_demo_finds_them_installed(tmp_p
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == target / "fw_screen" / "examples"
+
+
+def test_fireworks_stored_under_the_old_task_names_still_load(monkeypatch):
+    """A LaunchPad filled by fw-screen before the move names its tasks ``{{fw_screen.firetasks.X}}``; with
+    LEGACY_TASK_NAMES as FireWorks' FW_NAME_UPDATES they deserialize into today's classes."""
+    from fireworks import fw_config
+    from fireworks.utilities.fw_serializers import load_object
+
+    from fw_screen.orchestration import fireworks as fw
+
+    for old, new in fw.LEGACY_TASK_NAMES.items():
+        name = new.strip("{}").rsplit(".", 1)[1]
+        assert getattr(fw, name)._fw_name == new
+    monkeypatch.setattr(fw_config, "FW_NAME_UPDATES", dict(fw.LEGACY_TASK_NAMES))
+    import fireworks.utilities.fw_serializers as ser
+
+    monkeypatch.setattr(ser, "FW_NAME_UPDATES", fw_config.FW_NAME_UPDATES)
+    task = load_object({"_fw_name": "{{fw_screen.firetasks.ValidityTask}}", "campaign": "c", "batch": "b"})
+    assert type(task) is fw.ValidityTask and task["batch"] == "b"

@@ -21,6 +21,17 @@ from fw_screen.store import ResultsStore
 from fw_screen.store.atomate import find_task_docs
 
 
+#: the FireTasks' serialized names before the package had rooms (fw-screen <= 2c57120 stored Fireworks as
+#: ``{{fw_screen.firetasks.IngestTask}}``, ``{{fw_screen.vasp.VaspResultTask}}``): Fireworks added by an older
+#: fw-screen run after ``FW_NAME_UPDATES: <this mapping>`` goes into the workers' FW_config.yaml
+LEGACY_TASK_NAMES = {
+    **{f"{{{{fw_screen.firetasks.{n}}}}}": f"{{{{fw_screen.orchestration.fireworks.{n}}}}}"
+       for n in ("IngestTask", "ValidityTask", "UniquenessTask", "StabilityTask", "QECandidateTask", "DFTLiteTask",
+                 "QEReferenceTask")},
+    "{{fw_screen.vasp.VaspResultTask}}": "{{fw_screen.orchestration.fireworks.VaspResultTask}}",
+}
+
+
 def resolve_db_file(value: str | None, fw_spec: dict) -> str:
     """``>>key<<`` looks ``key`` up in the FWorker env; a path is used as it is."""
     value = value or ">>db_file<<"

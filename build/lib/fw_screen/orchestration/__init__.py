@@ -1,0 +1,2 @@
+"""FireWorks orchestration: FireTasks and workflow builders, recovery, the launcher supervisor, LaunchPad queries.
+"""

@@ -1,0 +1,2 @@
+"""Reporting: hull tables, yields, metrics, the funnel report, chemical space and the HTML report.
+"""
