@@ -264,7 +264,12 @@ def test_the_wheel_ships_the_demo_inputs_and_the_demo_finds_them_installed(tmp_p
     """Bug 4 of issue 15: ``fw-screen demo`` looked for examples/ beside the package, so it ran only from a
     source checkout.  The wheel carries examples/ as fw_screen.examples; installed into a folder outside the
     checkout, the demo's input resolver points into that folder."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+    import shutil
+
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", ".fw-screen", "tests", "benchmarks",
+                                                             "build", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
                     "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
     wheel = next((tmp_path / "wheel").glob("fw_screen-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 #: the bundled model folders
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # fw_screen/models
 MEGNET_MFI_DIR = MODELS_DIR / "MEGNet-MP-2019.4.1-BandGap-mfi"
 
 #: spec settings named in error messages

@@ -1,2 +1,0 @@
-"""FireWorks orchestration: FireTasks and workflow builders, recovery, the launcher supervisor, LaunchPad queries.
-"""

@@ -1,2 +1,0 @@
-"""Reporting: hull tables, yields, metrics, the funnel report, chemical space and the HTML report.
-"""
