@@ -224,7 +224,12 @@ def test_installs_this_project_as_the_makefile_does(docker_stages, make_recipes)
     build = docker_stages[0]
     copies = [args.split() for word, args in build if word == "COPY"]
     copied = {c[0] for c in copies if not c[0].startswith("--")} | {s for c in copies for s in c[:-1]}
-    for needed in ["pyproject.toml", project["project"]["readme"], *project["tool"]["setuptools"]["packages"]]:
+    package_dir = project["tool"]["setuptools"].get("package-dir", {})
+    # the code's folders; a data package mapped elsewhere (fw_screen.examples = examples/, the demo's inputs)
+    # is made empty in the image instead
+    folders = {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"] if p not in package_dir}
+    assert all(re.search(rf"RUN mkdir -p {d}\b", DOCKERFILE.read_text()) for d in package_dir.values())
+    for needed in ["pyproject.toml", project["project"]["readme"], *sorted(folders)]:
         assert needed in copied, f"the Dockerfile does not copy {needed}"
     # package data that is a symlink in the repository is made a real file before `pip install .`
     if (REPO / "fw_screen" / "default_spec.yaml").is_symlink():
