@@ -94,6 +94,9 @@ def _run(launchpad, launchpad_file, store, tmp_path, monkeypatch, ref_root: Path
 
     # pymatgen writes POTCARs from $PMG_VASP_PSP_DIR/POT_GGA_PAW_PBE/POTCAR.Si.gz (read at import: patch)
     monkeypatch.setitem(SETTINGS, "PMG_VASP_PSP_DIR", str(REF))
+    from fw_screen.spec import load_spec
+
+    store.register_campaign(load_spec(campaign="vasptest"))  # the result is completed with the campaign's thresholds
     store.candidates.insert_one(_si_candidate())
     store.add_entries([entry_document(_decode(MP_SI), "mp"),
                        # an entry with the candidate's own id far below: must be left out of the hull
@@ -204,7 +207,6 @@ def test_vasp_results_carry_the_dft_schema_and_reach_compare(launchpad, launchpa
     from fw_screen.reporting.tables import ml_vs_dft
     from fw_screen.spec import load_spec
 
-    store.register_campaign(load_spec(campaign="vasptest"))
     _run(launchpad, launchpad_file, store, tmp_path, monkeypatch, _ref_dirs(tmp_path))
     dft = store.candidates.find_one({"_id": "vasptest:si"})["dft"]
     e_hull = (SI_STATIC_ENERGY - MP_SI["energy"]) / 2

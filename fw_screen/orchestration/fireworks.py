@@ -272,7 +272,7 @@ class VaspResultTask(FiretaskBase):
             elements = sorted({e.symbol for e in Structure.from_dict(cand["structure_reduced"]).composition.elements})
         refs = store.entries_in_chemsys(elements or [], "mp2020")  # the scale MP2020-processed VASP energies are on
         result = vasp_result(docs, refs, cid, failures=_fizzle_reasons(fw_spec))
-        if cand is not None:  # the verdicts QE results carry too: hull status, stable, hits, ml_vs_dft
+        if cand is not None and result["status"] == st.DFT_DONE:  # the verdicts QE results carry too
             result = schema.complete(result, cand, store.campaign_spec(cand["campaign"]))
         moved = store.transition([(cid, st.PROMOTED, result["status"], {"dft": result})], "dft")
         return FWAction(stored_data={"candidate": cid, "status": result["status"], "moved": moved,
