@@ -196,7 +196,7 @@ def test_spin_policy_in_inputs(tmp_path):
             "ecutwfc": 45.0, "ecutrho": 360.0, "smearing": "mv", "degauss": 0.01, "conv_thr_per_atom": 1e-9,
             "forc_conv_thr": 1e-3, "press_conv_thr": 0.5}
     st = Structure(Lattice.cubic(4.2), ["O", "Li", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]])
-    pwin = io._pw_input(st, fake, s, "scf", kind="crystal", workdir=tmp_path, prefix="p", kgrid=[2, 2, 2],
+    pwin = io.pw_input(st, fake, s, "scf", kind="crystal", workdir=tmp_path, prefix="p", kgrid=[2, 2, 2],
                         nat=3, max_seconds=10.4)
     text = str(pwin)
     species = [line.split()[0] for line in text.split("ATOMIC_SPECIES")[1].split("ATOMIC_POSITIONS")[0]
@@ -205,7 +205,7 @@ def test_spin_policy_in_inputs(tmp_path):
     assert "starting_magnetization(1) = 0.5" in text and "starting_magnetization(2) = 0.0" in text
     assert "starting_magnetization(3) = 0.0" in text and "nspin = 2" in text and "max_seconds = 10.0" in text
     assert "conv_thr = 3d-09" in text
-    text = str(io._pw_input(si_prim(), fake | {"pseudos": {"Si": {"filename": "Si.UPF"}}}, s, "scf", kind="crystal",
+    text = str(io.pw_input(si_prim(), fake | {"pseudos": {"Si": {"filename": "Si.UPF"}}}, s, "scf", kind="crystal",
                             workdir=tmp_path, prefix="p", kgrid=[2, 2, 2], nat=2, max_seconds=None))
     assert "nspin" not in text and "max_seconds" not in text
 
@@ -235,7 +235,7 @@ def write_case(directory: Path, out_text: str, calculation: str = "scf", structu
     s = settings(**settings_over)
     structure = structure or si_prim()
     proto = qe.protocol(sorted({sp.symbol for sp in structure.composition}), s)
-    pwin = io._pw_input(structure, proto, s, calculation, kind="crystal", workdir=directory, prefix="pwscf",
+    pwin = io.pw_input(structure, proto, s, calculation, kind="crystal", workdir=directory, prefix="pwscf",
                         kgrid=[4, 4, 4], nat=len(structure), max_seconds=None)
     pwin.write_file(str(directory / "pw.in"))
     (directory / "pw.out").write_text(out_text)
