@@ -1,4 +1,4 @@
-"""The campaign HTML report (fw_screen/reporting/report.py) on the real server: its content against the analysis
+"""The campaign HTML report (fw_screen/reporting/report/) on the real server: its content against the analysis
 functions, its CIF downloads against the stored structures, its rendering in a real headless Chromium
 (Debian's ``chromium`` driven by playwright: no console errors, every plot painted), the notes of a
 campaign whose later stages have not run, and ``fw-screen report`` as a user runs it.
