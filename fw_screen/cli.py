@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from fw_screen.orchestration.demo import examples_dir  # noqa: F401 -- `from fw_screen.cli import examples_dir`
 from fw_screen.orchestration.launchpad import open_launchpad
 from fw_screen.orchestration.supervisor import Progress, launch_workers
 from fw_screen.server import embedded as server
@@ -41,7 +42,7 @@ def _store(path: str):
     return ResultsStore.from_launchpad(open_launchpad(path))
 
 
-def _spec(args) -> dict:
+def _spec(args):
     from fw_screen.spec import load_spec
 
     return load_spec(args.spec, campaign=args.campaign, batch_size=getattr(args, "batch_size", None))
@@ -92,7 +93,7 @@ def cmd_submit(args) -> int:
         print("no new work: every batch already has its Fireworks")
     else:
         print(f"added workflow {wf.name!r}: {len(wf.fws)} Fireworks ({len(summary['workflow_batches'])} validity "
-              f"batches, {spec['dedup_shards']} uniqueness shards)")
+              f"batches, {spec.dedup_shards} uniqueness shards)")
     return 0
 
 
@@ -417,6 +418,26 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_chemical_space(args) -> int:
+    from fw_screen.reporting.chemical_space import (
+        campaign_chemical_space,
+        format_chemical_space,
+        has_candidates,
+        write_chemical_space,
+    )
+    from fw_screen.store import ResultsStore
+
+    # a plain connection: nothing is written (no LaunchPad indexes)
+    store = ResultsStore.from_file(resolve_launchpad(args.launchpad, args.home))
+    result = campaign_chemical_space(store, args.campaign, max_per_group=args.max_per_group, seed=args.seed,
+                                     fit_on=args.fit_on, relaxed=args.relaxed, symmetry=not args.no_symmetry)
+    if not has_candidates(result):
+        print(f"campaign {args.campaign!r} has no valid candidates", file=sys.stderr)
+    png = write_chemical_space(result, args.output, args.json_out)
+    print(format_chemical_space(result, png, args.json_out))
+    return 0
+
+
 def cmd_report(args) -> int:
     from fw_screen.reporting.report import build_report, default_path, format_summary
 
@@ -439,11 +460,28 @@ def cmd_run(args) -> int:
 
 
 # -------------------------------------------------------------------------------------------- parser
+#: ``fw-screen chemical-space --help``: what the groups are
+CHEMICAL_SPACE_DESCRIPTION = (
+    "Where in chemical space did the generator put its valid / novel / stable candidates?  (matminer + PCA) "
+    "Groups (a candidate can be in several: they nest): reference (the references collection), valid, novel "
+    "(novel or any later status), ML-stable (ml.stable), DFT-confirmed (dft.stable, status dft_done).  Each is a "
+    "seeded random sample of at most --max-per-group structures; only the sampled documents' structures are "
+    "fetched.  The database is only read.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fw-screen", description="Screen generated crystal structures with FireWorks.")
     p.add_argument("--home", help="state folder of the embedded server (default $FW_SCREEN_HOME or ./.fw-screen)")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_db_parser, add_input_parsers, add_status_parser, add_table_parser, add_analysis_parsers,
+                add_chemical_space_parser, add_report_parser, add_run_parsers, add_recover_parser,
+                add_demo_parser):  # in this order in --help
+        add(sub)
+    return p
 
+
+def add_db_parser(sub) -> None:
+    """``db``: the embedded server."""
     db = sub.add_parser("db", help="start/stop/status of the embedded SecantusDB server")
     db.add_argument("action", choices=["start", "stop", "status"])
     db.add_argument("--port", type=int, default=server.DEFAULT_PORT)
@@ -455,19 +493,24 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--json", action="store_true")
     db.set_defaults(func=cmd_db)
 
-    def campaign_args(sp):
-        sp.add_argument("input", help="folder of CIFs, CIF file, .tar[.gz], .csv or .parquet")
-        sp.add_argument("--spec", help="campaign spec YAML (default: specs/default.yaml)")
-        sp.add_argument("-c", "--campaign", help="campaign name (overrides the spec's)")
-        sp.add_argument("--batch-size", type=int, help="candidates per cheap-stage Firework")
 
+def add_campaign_args(sp) -> None:
+    """The arguments of a command that reads inputs into a campaign (``submit``, ``workflow``)."""
+    sp.add_argument("input", help="folder of CIFs, CIF file, .tar[.gz], .csv or .parquet")
+    sp.add_argument("--spec", help="campaign spec YAML (default: specs/default.yaml)")
+    sp.add_argument("-c", "--campaign", help="campaign name (overrides the spec's)")
+    sp.add_argument("--batch-size", type=int, help="candidates per cheap-stage Firework")
+
+
+def add_input_parsers(sub) -> None:
+    """``submit``, ``workflow``, ``references``: what goes into the database."""
     s = sub.add_parser("submit", help="ingest inputs and add their workflow to the LaunchPad")
-    campaign_args(s)
+    add_campaign_args(s)
     s.add_argument("-l", "--launchpad")
     s.set_defaults(func=cmd_submit)
 
     w = sub.add_parser("workflow", help="write a workflow YAML for `lpad add` (ingest runs on a worker)")
-    campaign_args(w)
+    add_campaign_args(w)
     w.add_argument("-o", "--output", required=True)
     w.add_argument("--db-file", help="LaunchPad file the workers use (default: their FWorker env db_file)")
     w.set_defaults(func=cmd_workflow)
@@ -492,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-l", "--launchpad")
     r.set_defaults(func=cmd_references)
 
+
+def add_status_parser(sub) -> None:
+    """``status``: funnel counts, once or watched."""
     stt = sub.add_parser("status", help="funnel counts per campaign")
     stt.add_argument("-c", "--campaign")
     stt.add_argument("-l", "--launchpad")
@@ -505,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --watch: stop when no Firework of the campaign is waiting, ready or running")
     stt.set_defaults(func=cmd_status)
 
+
+def add_table_parser(sub) -> None:
+    """``table``: the hull-distance table and its filters."""
     tb = sub.add_parser("table", help="hull-distance table of a campaign (CSV, Markdown or JSON)")
     tb.add_argument("campaign")
     tb.add_argument("-l", "--launchpad")
@@ -528,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--columns", help="comma-separated subset of the columns")
     tb.set_defaults(func=cmd_table)
 
+
+def add_analysis_parsers(sub) -> None:
+    """``yields``, ``metrics``, ``compare``: what a campaign found, as tables."""
     yl = sub.add_parser("yields", help="V, VU, VUN, VSUN and target yields, overall and per condition")
     yl.add_argument("campaign")
     yl.add_argument("-l", "--launchpad")
@@ -551,6 +603,29 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_compare)
 
+
+def add_chemical_space_parser(sub) -> None:
+    """``chemical-space``: the matminer + PCA map of a campaign."""
+    cs = sub.add_parser("chemical-space", help="where in chemical space the generator put its valid / novel / stable "
+                                               "candidates (matminer features, PCA map: PNG, JSON)",
+                        description=CHEMICAL_SPACE_DESCRIPTION)
+    cs.add_argument("campaign")
+    cs.add_argument("-l", "--launchpad", help="LaunchPad YAML (default: $FW_SCREEN_LAUNCHPAD, else the embedded "
+                                               "server's)")
+    cs.add_argument("-o", "--output", default=None, help="PNG to write (default chemical_space_CAMPAIGN.png)")
+    cs.add_argument("--json", dest="json_out", help="write the result (points, loadings, summary) as JSON")
+    cs.add_argument("--max-per-group", type=int, default=1000)
+    cs.add_argument("--seed", type=int, default=0)
+    cs.add_argument("--fit-on", choices=("auto", "reference", "all"), default="auto",
+                    help="points the PCA is fit on (auto: reference if it has >= 3 structures)")
+    cs.add_argument("--relaxed", action="store_true",
+                    help="ML-stable / DFT-confirmed groups: use the relaxed structures")
+    cs.add_argument("--no-symmetry", action="store_true", help="skip the spglib features (faster)")
+    cs.set_defaults(func=cmd_chemical_space)
+
+
+def add_report_parser(sub) -> None:
+    """``report``: the self-contained HTML report."""
     rp = sub.add_parser("report", help="self-contained HTML report of a campaign (plots, tables, CIFs; opens offline)")
     rp.add_argument("campaign")
     rp.add_argument("-o", "--output", help="HTML file to write (default: report_CAMPAIGN.html in this directory)")
@@ -560,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-l", "--launchpad")
     rp.set_defaults(func=cmd_report)
 
+
+def add_run_parsers(sub) -> None:
+    """``promote``, ``run``, ``ml``: more work, and workers to do it."""
     pr = sub.add_parser("promote", help="promote the best ML candidates to DFT and add their DFT Fireworks")
     pr.add_argument("campaign")
     pr.add_argument("-l", "--launchpad")
@@ -577,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-l", "--launchpad")
     m.set_defaults(func=cmd_ml)
 
+
+def add_recover_parser(sub) -> None:
+    """``recover``: put back what dead launchers left."""
     rc = sub.add_parser("recover", help="rerun the Fireworks of dead launchers, release their DFT claims and leases")
     rc.add_argument("-c", "--campaign", help="only this campaign's Fireworks (claims and leases: all)")
     rc.add_argument("--expiration-secs", type=float, default=None,
@@ -594,6 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--json", action="store_true")
     rc.set_defaults(func=cmd_recover)
 
+
+def add_demo_parser(sub) -> None:
+    """``demo``: the whole funnel on the bundled generations."""
     d = sub.add_parser("demo", help="the whole cheap funnel on the bundled CrystaLLM-pi generations")
     d.add_argument("--input", default=None)
     d.add_argument("--references", nargs="*", default=None)
@@ -601,23 +685,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-c", "--campaign", default="demo")
     d.add_argument("--dft-candidates", type=int, default=1, help="candidates the demo promotes to DFT")
     d.set_defaults(func=cmd_demo)
-    return p
 
 
 def cmd_recover(args) -> int:
-    from fw_screen.orchestration.recovery import (
-        CHECKOUT_GRACE_S,
-        LOCK_WAIT_S,
-        format_recovery,
-        recover,
-    )
+    from fw_screen.orchestration.recovery import format_recovery, recover
 
     lp_file = resolve_launchpad(args.launchpad, args.home)
-    lp = open_launchpad(lp_file)
-    result = recover(lp, _store(lp_file), args.campaign, expiration_secs=args.expiration_secs,
-                     dry_run=args.dry_run, rerun_fizzled=args.rerun_fizzled,
-                     checkout_grace_s=CHECKOUT_GRACE_S if args.checkout_grace is None else args.checkout_grace,
-                     lock_wait_s=LOCK_WAIT_S if args.lock_wait is None else args.lock_wait)
+    result = recover(open_launchpad(lp_file), _store(lp_file), args.campaign, expiration_secs=args.expiration_secs,
+                     dry_run=args.dry_run, rerun_fizzled=args.rerun_fizzled, checkout_grace_s=args.checkout_grace,
+                     lock_wait_s=args.lock_wait)
     print(json.dumps(result, indent=1, default=str) if args.json else format_recovery(result))
     return 0
 
@@ -631,78 +707,63 @@ def cmd_ml(args) -> int:
     return 0
 
 
-def examples_dir() -> Path:
-    """The demo's inputs: ``fw_screen/examples`` of an installed wheel (the repository's ``examples/``
-    folder, shipped as ``fw_screen.examples``), else ``examples/`` of the source checkout."""
-    here = Path(__file__).resolve().parent
-    installed = here / "examples"
-    return installed if (installed / "crystallm_pi_generated_8k.parquet").is_file() else here.parent / "examples"
+#: what ``fw-screen demo`` prints for each event of :func:`fw_screen.orchestration.demo.run_demo` but the last
+DEMO_TEXT = {
+    "database": lambda e: f"database: SecantusDB pid {e['info']['pid']} on {e['info']['host']}:{e['info']['port']}",
+    "references": lambda e: (f"references {Path(e['source']).name}: {e['result']['new']} structures and "
+                             f"{e['result']['entries_new']} hull entries new, {e['result']['existing']} structures "
+                             f"already loaded"),
+    "ingested": lambda e: f"ingested {e['summary']['inputs']} inputs: {e['summary']['new']} new candidates",
+    "workflow": lambda e: f"workflow: {e['fireworks']} Fireworks; running {e['workers']} rlaunch workers ...",
+    "workers": lambda e: f"workers finished: exit codes {e['codes']}",
+}
 
 
 def cmd_demo(args) -> int:
-    from fw_screen import state as st
-    from fw_screen.orchestration.fireworks import submit
+    from fw_screen.orchestration.demo import run_demo
     from fw_screen.reporting.funnel import funnel_report
-    from fw_screen.spec import load_spec
-    from fw_screen.stages import load_references
-
-    examples = examples_dir()
-    source = args.input or str(examples / "crystallm_pi_generated_8k.parquet")
-    ref_sources = args.references if args.references is not None else sorted(
-        str(p) for p in examples.glob("mp*.json.gz"))
-    info = server.start(args.home)
-    print(f"database: SecantusDB pid {info['pid']} on {info['host']}:{info['port']}")
-    lp_file = info["launchpad"]
-    store = _store(lp_file)
-    for src in ref_sources:
-        res = load_references(store, src)
-        print(f"references {Path(src).name}: {res['new']} structures and {res['entries_new']} hull entries new, "
-              f"{res['existing']} structures already loaded")
-    # the demo carries the single best ML candidate through DFT (Quantum ESPRESSO, SSSP pseudopotentials
-    # for its elements in examples/pseudo); a reference polymorph within 40 meV/atom of MP's lowest may
-    # stand in for it (black P, 4 sites, for MP's 42-site P), so that every reference cell stays small
-    pseudo = examples / "pseudo"
-    # k-point densities at half the production defaults keep the demo's DFT to minutes (candidate and
-    # references share them, so its hull stays consistent); pw.x runs serially, one per worker: two MPI
-    # ranks sharing a core with the other worker's pw.x ran 9-11x slower (benchmarks/bench_dft.py)
-    spec = load_spec(campaign=args.campaign, promotion={"max_total": args.dft_candidates},
-                     dft={"reference_polymorph_tolerance": 0.04,
-                          "qe": {"kppa": 500, "nscf_kppa": 1500,
-                                 "pseudo_dir": str(pseudo) if pseudo.is_dir() and not os.environ.get(
-                                     "ESPRESSO_PSEUDO") else None}})
-    t0 = time.perf_counter()
-    summary, wf = submit(open_launchpad(lp_file), store, source, spec)
-    print(f"ingested {summary['inputs']} inputs: {summary['new']} new candidates")
-    if wf is not None:
-        print(f"workflow: {len(wf.fws)} Fireworks; running {args.workers} rlaunch workers ...", flush=True)
-        codes = launch_workers(lp_file, str(server.home(args.home) / "fworker_all.yaml"), args.workers,
-                               server.home(args.home) / "launches", progress=True)
-        print(f"workers finished: exit codes {codes}")
-    print(format_report(funnel_report(store, spec["campaign"])))
-    top = store.top_candidates(spec["campaign"], 10)
-    if top:
-        print(f"lowest above the ML hull (eV/atom; band gap eV):\n{format_top(top)}")
-    no_ref = store.count({"campaign": spec["campaign"], "status": st.NO_REFERENCE})
-    if no_ref:
-        print(f"{no_ref} novel candidates have no reference hull (their chemical systems lie outside the loaded "
-              f"reference sets: fw-screen references --list). One whole-database release covers them, e.g. "
-              f"Matbench Discovery's Materials Project entries:\n"
-              f"  fw-screen references 2023-02-07-mp-computed-structure-entries.json.gz && fw-screen ml -c "
-              f"{spec['campaign']}\n  (README, 'Reference sets': where each release is published, its licence)")
-    promoted = store.dft_candidates(spec["campaign"])
-    if promoted:
-        print(f"promoted to DFT (Quantum ESPRESSO; eV/atom, band gap eV):\n{format_dft(promoted)}")
-        for d in promoted:
-            print(f"  {d['_id']}: {(d.get('promotion') or {}).get('reason', '')}")
     from fw_screen.reporting.report import build_report
 
-    report = build_report(store, spec["campaign"], server.home(args.home) / f"report_{spec['campaign']}.html")
-    print(f"report: {report['path']} ({report['bytes'] / 1e6:.1f} MB, {report['seconds']:.0f} s; open it in a "
-          f"browser, it needs no network)")
-    print(f"total {time.perf_counter() - t0:.1f} s; query it: lpad -l {lp_file} get_wflows; "
-          f"fw-screen status -c {spec['campaign']} [--watch]; fw-screen table {spec['campaign']} --stage ml; "
-          f"fw-screen compare {spec['campaign']}; fw-screen metrics {spec['campaign']} (the papers' table)")
+    for event in run_demo(args.home, args.input, args.references, workers=args.workers, campaign=args.campaign,
+                          dft_candidates=args.dft_candidates):
+        if event["event"] != "done":
+            print(DEMO_TEXT[event["event"]](event), flush=True)
+    # orchestration does not import the reporting room: the funnel counts and the report come from here
+    print(format_report(funnel_report(event["store"], event["campaign"])))
+    findings = format_demo_findings(event)
+    if findings:
+        print(findings)
+    report = build_report(event["store"], event["campaign"], event["report_path"])
+    print(format_demo_end(event, report, time.perf_counter() - event["started"]))
     return 0
+
+
+def format_demo_findings(done: dict) -> str:
+    """The demo's candidates below its funnel: lowest above the ML hull, how many have no reference hull (and
+    how to load a release that covers them), the promoted ones with their DFT numbers."""
+    campaign, lines = done["campaign"], []
+    if done["top"]:
+        lines.append(f"lowest above the ML hull (eV/atom; band gap eV):\n{format_top(done['top'])}")
+    if done["no_reference"]:
+        lines.append(f"{done['no_reference']} novel candidates have no reference hull (their chemical systems lie "
+                     f"outside the loaded reference sets: fw-screen references --list). One whole-database release "
+                     f"covers them, e.g. Matbench Discovery's Materials Project entries:\n"
+                     f"  fw-screen references 2023-02-07-mp-computed-structure-entries.json.gz && fw-screen ml -c "
+                     f"{campaign}\n  (README, 'Reference sets': where each release is published, its licence)")
+    if done["promoted"]:
+        lines.append(f"promoted to DFT (Quantum ESPRESSO; eV/atom, band gap eV):\n{format_dft(done['promoted'])}")
+        lines += [f"  {d['_id']}: {(d.get('promotion') or {}).get('reason', '')}" for d in done["promoted"]]
+    return "\n".join(lines)
+
+
+def format_demo_end(done: dict, report: dict, seconds: float) -> str:
+    """The demo's last lines: its report, its time, and what to ask the database next."""
+    c = done["campaign"]
+    return (f"report: {report['path']} ({report['bytes'] / 1e6:.1f} MB, {report['seconds']:.0f} s; open it in a "
+            f"browser, it needs no network)\n"
+            f"total {seconds:.1f} s; query it: lpad -l {done['launchpad']} get_wflows; "
+            f"fw-screen status -c {c} [--watch]; fw-screen table {c} --stage ml; "
+            f"fw-screen compare {c}; fw-screen metrics {c} (the papers' table)")
 
 
 def main(argv: list[str] | None = None) -> int:

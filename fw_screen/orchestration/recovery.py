@@ -152,8 +152,8 @@ def stale_workflow_locks(launchpad, campaign: str | None = None, wait_s: float =
 
 
 def recover(launchpad, store, campaign: str | None = None, expiration_secs: float | None = None,
-            dry_run: bool = False, rerun_fizzled: bool = False, checkout_grace_s: float = CHECKOUT_GRACE_S,
-            lock_wait_s: float = LOCK_WAIT_S) -> dict:
+            dry_run: bool = False, rerun_fizzled: bool = False, checkout_grace_s: float | None = CHECKOUT_GRACE_S,
+            lock_wait_s: float | None = LOCK_WAIT_S) -> dict:
     """``fw-screen recover``: put the work of dead launchers back on the LaunchPad.
 
     * RUNNING Fireworks whose launcher stopped pinging for ``expiration_secs`` (default FireWorks'
@@ -165,27 +165,26 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
       FireWorks' checkout (:func:`interrupted_checkouts`); they are made READY again;
     * FIZZLED Fireworks that died of a database error (server restarted or unreachable mid-run) or with no
       exception recorded (their launcher died) are rerun; with ``rerun_fizzled`` every FIZZLED fw-screen
-      Firework is;
+      Firework is (:func:`rerun_fizzled_fireworks`);
     * ``running`` DFT reference claims that no live Firework holds or continues are released (the next
-      Firework needing the reference computes it; a rerun of the claiming Firework retakes its own claim);
+      Firework needing the reference computes it; a rerun of the claiming Firework retakes its own claim;
+      :func:`release_dead_claims`);
+    * Fireworks a dead task never added are added (:func:`add_missing_fireworks`);
     * uniqueness / promotion leases held by a process of this host that no longer exists are released
-      (elsewhere a lease expires by itself after its ``lease_s``).
+      (elsewhere a lease expires by itself after its ``lease_s``; :func:`release_dead_leases`).
 
-    Stage runners only move candidates still in the status they expect (``ResultsStore.transition``), so a
-    rerun processes what the dead run left pending and nothing twice.  Returns what was found and done.
+    ``None`` for ``checkout_grace_s`` / ``lock_wait_s`` means the default (:data:`CHECKOUT_GRACE_S`,
+    :data:`LOCK_WAIT_S`).  Stage runners only move candidates still in the status they expect
+    (``ResultsStore.transition``), so a rerun processes what the dead run left pending and nothing twice.
+    Returns what was found and done.
     """
-    import socket
-
     from fireworks.fw_config import RUN_EXPIRATION_SECS
 
-    from fw_screen.orchestration.launchpad import (
-        fizzled_fireworks,
-        live_fireworks_for_claim,
-        unlock_workflows,
-    )
-    from fw_screen.server.embedded import pid_alive
+    from fw_screen.orchestration.launchpad import unlock_workflows
 
     expiration_secs = RUN_EXPIRATION_SECS if expiration_secs is None else expiration_secs
+    checkout_grace_s = CHECKOUT_GRACE_S if checkout_grace_s is None else checkout_grace_s
+    lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
     query = {"spec.campaign": campaign} if campaign else None
     locks = stale_workflow_locks(launchpad, campaign, lock_wait_s)
     if locks and not dry_run:
@@ -200,16 +199,40 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
     stuck = interrupted_checkouts(launchpad, campaign, checkout_grace_s)
     out["checkout_grace_s"] = checkout_grace_s
     out["checkouts_released"] = stuck if dry_run else release_checkouts(launchpad, stuck)
+    out.update(rerun_fizzled_fireworks(launchpad, campaign, rerun_fizzled, dry_run))
+    out.update(release_dead_claims(launchpad, store, expiration_secs, dry_run))
+    out.update(add_missing_fireworks(launchpad, store, campaign, dry_run))
+    out.update(release_dead_leases(store, dry_run))
+    return out
+
+
+def rerun_fizzled_fireworks(launchpad, campaign: str | None = None, rerun_all: bool = False,
+                            dry_run: bool = False) -> dict:
+    """Rerun the FIZZLED fw-screen Fireworks that died of a database error or with no exception recorded (the
+    launch was fizzled for its launcher, a lost run, not by the task); every one with ``rerun_all``.
+    Returns ``fizzled_rerun`` and ``fizzled_left`` (their fw_ids)."""
+    from fw_screen.orchestration.launchpad import fizzled_fireworks
+
+    out: dict = {"fizzled_rerun": [], "fizzled_left": []}
     for fw in fizzled_fireworks(launchpad, campaign):
-        # no exception recorded: the launch was fizzled for its launcher (lost run), not by the task
-        if rerun_fizzled or not fw["error"] or died_of_database(fw["error"]):
+        if rerun_all or not fw["error"] or died_of_database(fw["error"]):
             if not dry_run:
                 launchpad.rerun_fw(fw["fw_id"])
             out["fizzled_rerun"].append(fw["fw_id"])
         else:
             out["fizzled_left"].append(fw["fw_id"])
+    return out
+
+
+def release_dead_claims(launchpad, store, expiration_secs: float, dry_run: bool = False) -> dict:
+    """Release the ``running`` DFT reference claims no live Firework holds or continues (a claim without
+    fw_id younger than ``expiration_secs`` counts as live).  Returns ``claims_released`` (their ids) and
+    ``claims_live`` (``{ref_id, fireworks}`` of the others)."""
     import datetime as dt
 
+    from fw_screen.orchestration.launchpad import live_fireworks_for_claim
+
+    out: dict = {"claims_released": [], "claims_live": []}
     now = dt.datetime.now(dt.timezone.utc)
     for claim in store.running_dft_references():
         live = live_fireworks_for_claim(launchpad, claim)
@@ -222,15 +245,24 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
         if dry_run or store.release_dft_reference(
                 claim["_id"], claim["claimed"], f"no live Firework holds it (claimed by fw {claim.get('fw_id')})"):
             out["claims_released"].append(claim["_id"])
-    # a launcher that died after its task wrote the verdicts but before FireWorks stored the Fireworks the
-    # task added (ML Fireworks of a uniqueness shard, DFT Fireworks of the last ML batch): the rerun finds
-    # nothing pending and adds nothing, so the orphans get their Fireworks here
-    out["ml_batches_added"], out["dft_candidates_added"] = [], []
+    return out
+
+
+def add_missing_fireworks(launchpad, store, campaign: str | None = None, dry_run: bool = False) -> dict:
+    """Add the Fireworks a dead task never added, for ``campaign`` or every campaign.
+
+    A launcher that died after its task wrote the verdicts but before FireWorks stored the Fireworks the
+    task added (ML Fireworks of a uniqueness shard, DFT Fireworks of the last ML batch): the rerun finds
+    nothing pending and adds nothing, so the orphans get their Fireworks here (not while a uniqueness or
+    stability Firework of the campaign is busy: a live task may be about to add them).  Returns
+    ``ml_batches_added`` and ``dft_candidates_added``.
+    """
     from fw_screen.orchestration.launchpad import (
         busy_fireworks,
         stage_keys_with_fireworks,
     )
 
+    out: dict = {"ml_batches_added": [], "dft_candidates_added": []}
     for name in [campaign] if campaign else store.campaign_names():
         spec = store.campaign_spec(name)
         if busy_fireworks(launchpad, name, ["uniqueness", "stability"]):
@@ -247,6 +279,17 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
             if wf is not None:
                 launchpad.add_wf(wf)
         out["dft_candidates_added"] += todo
+    return out
+
+
+def release_dead_leases(store, dry_run: bool = False) -> dict:
+    """Release the uniqueness / promotion leases held by a process of this host that no longer exists.
+    Returns ``locks_released`` (their ids) and ``locks_held`` (``{lock, owner, expires}`` of the others)."""
+    import socket
+
+    from fw_screen.server.embedded import pid_alive
+
+    out: dict = {"locks_released": [], "locks_held": []}
     host = socket.gethostname()
     for lock in store.held_locks():
         owner_host, _, rest = str(lock["owner"]).partition(":")

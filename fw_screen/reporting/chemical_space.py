@@ -13,8 +13,10 @@ the matminer package; nothing is downloaded):
 chosen by the caller), standardises every feature with the mean and spread of all points together, fits a
 2-component PCA on the reference group (on all points when the reference group has fewer than three
 points) and projects every group onto it.  :func:`plot_chemical_space` draws the map.  :func:`load_groups`
-samples a campaign's groups through :class:`fw_screen.store.results.ResultsStore`; ``analysis/chemical_space.py`` is
-the command-line script.
+samples a campaign's groups through :class:`fw_screen.store.results.ResultsStore`; :func:`campaign_chemical_space`
+does both for a campaign, :func:`write_chemical_space` writes its PNG (and JSON) and
+:func:`format_chemical_space` says what it found: ``fw-screen chemical-space CAMPAIGN`` (and
+``analysis/chemical_space.py``, a thin call of it) is the command line.
 
 A structure whose featurisation raises, or gives a non-finite value (an element magpie has no value for,
 e.g. the electronegativity of He/Ne/Ar; an element pymatgen has no atomic radius for, e.g. Kr/Xe, for the
@@ -24,9 +26,12 @@ packing fraction), is dropped from its group and counted; the batch goes on.
 from __future__ import annotations
 
 import functools
+import json
 import math
+import time
 import warnings
 import zlib
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -437,4 +442,64 @@ def groups_summary_table(result: dict, features: Iterable[str] = tuple(SUMMARY_F
             m, md = s[f]["mean"], s[f]["median"]
             cells.append(f"{'—':>18}" if m is None else f"{f'{m:.2f} / {md:.2f}':>18}")
         lines.append(f"{g:>16} {result['n'][g]:>6} {result['dropped'][g]:>7} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ a campaign's map
+def default_png(campaign: str) -> str:
+    """Where ``fw-screen chemical-space`` writes its map unless told: ``chemical_space_CAMPAIGN.png``."""
+    return f"chemical_space_{campaign}.png"
+
+
+def campaign_chemical_space(store, campaign: str, max_per_group: int = 1000, seed: int = 0,
+                            fit_on: str = "auto", relaxed: bool = False, symmetry: bool = True) -> dict:
+    """The chemical-space map of a campaign: :func:`load_groups` then :func:`chemical_space`.
+
+    Returns :func:`chemical_space`'s dict with ``campaign``, ``population`` (``{group: total}`` before
+    sampling), ``structures`` (as generated, or relaxed for ML-stable / DFT-confirmed) and ``timing_s``
+    (``load``, ``featurise_and_pca``) added.  The database is only read.
+    """
+    t0 = time.perf_counter()
+    groups, totals = load_groups(store, campaign, max_per_group, seed, relaxed=relaxed)
+    t1 = time.perf_counter()
+    result = chemical_space(groups, max_per_group=max_per_group, seed=seed, symmetry=symmetry, fit_on=fit_on)
+    t2 = time.perf_counter()
+    result["campaign"] = campaign
+    result["population"] = totals
+    result["structures"] = "relaxed (ML-stable, DFT-confirmed)" if relaxed else "as generated"
+    result["timing_s"] = {"load": round(t1 - t0, 2), "featurise_and_pca": round(t2 - t1, 2)}
+    return result
+
+
+def has_candidates(result: dict) -> bool:
+    """Whether any group but the reference has a member (a campaign without valid candidates has none)."""
+    totals = result["population"]
+    return any(totals[g] for g in totals if g != REFERENCE)
+
+
+def write_chemical_space(result: dict, png: str | Path | None = None, json_path: str | Path | None = None) -> str:
+    """Draw :func:`campaign_chemical_space`'s result to ``png`` (default :func:`default_png`, 150 dpi) and,
+    with ``json_path``, write the result there as JSON; returns the PNG's path."""
+    fig = plot_chemical_space(result, title=f"{result['campaign']}: where the generator put its candidates "
+                                            f"(PCA of matminer features, fit on {result['fit_on']})")
+    out = str(png or default_png(result["campaign"]))
+    fig.savefig(out, dpi=150)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(result, fh, allow_nan=False)
+    return out
+
+
+def format_chemical_space(result: dict, png: str, json_path: str | Path | None = None) -> str:
+    """What ``fw-screen chemical-space`` prints: the per-group summary, sampled / total per group, the
+    PCA's explained variance and top loadings, the timings and the files written."""
+    totals, timing = result["population"], result["timing_s"]
+    lines = [groups_summary_table(result),
+             "\nsampled / total: " + ", ".join(f"{g} {result['n_input'][g]}/{totals[g]}" for g in totals)]
+    ev = ", ".join(f"{100 * v:.1f}%" for v in result["explained_variance"] if v is not None)
+    lines.append(f"PCA fit on {result['fit_on']}; explained variance {ev}")
+    for pc, rows in result["loadings"].items():
+        lines.append(f"  {pc}: " + ", ".join(f"{r['feature']} ({r['loading']:+.2f})" for r in rows[:4]))
+    lines.append(f"load {timing['load']:.1f} s, featurise + PCA {timing['featurise_and_pca']:.1f} s; wrote {png}"
+                 + (f" and {json_path}" if json_path else ""))
     return "\n".join(lines)
