@@ -1,6 +1,7 @@
 """The shape of the package, measured from its source: lines per module, the longest functions, import circles
 and private names imported across modules -- for this tree and, with ``--against REV``, for an older commit
-side by side (checked out into a temporary git worktree; nothing is imported or run).
+side by side (checked out into a temporary git worktree; nothing is imported or run), and the reads of the
+campaign spec by string key rather than typed attribute.
 
     python benchmarks/bench_layout.py [--against 2c57120] [--top 12] [--json results/layout.json]
 """
@@ -10,22 +11,28 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: a read of the whole campaign spec by string key (``spec["ml"]``, ``spec.get("ml")``,
+#: ``store.campaign_spec(c)["ml"]``), the pattern tests/test_layout.py forbids
+SPEC_KEY_READ = re.compile(r"(?<![\w.])(?:spec|self\.spec|ctx\.spec)(?:\[[\"']|\.get\()|campaign_spec\([^()]*\)\[")
 
 
 def measure(root: Path, top: int) -> dict:
     pkg = root / "fw_screen"
     mods = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
             for p in sorted(pkg.rglob("*.py"))}
-    lines, funcs, edges, private = {}, [], {m: set() for m in mods}, []
+    lines, funcs, edges, private, spec_keys = {}, [], {m: set() for m in mods}, [], 0
     for m, p in mods.items():
         text = p.read_text()
         lines[m] = text.count("\n")
+        if not m.endswith(".spec"):
+            spec_keys += len(SPEC_KEY_READ.findall(text))
         tree = ast.parse(text)
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -43,7 +50,7 @@ def measure(root: Path, top: int) -> dict:
             "largest_modules": sorted(lines.items(), key=lambda kv: -kv[1])[:top],
             "modules_over_500_lines": sum(v > 500 for v in lines.values()),
             "longest_functions": funcs[:top], "functions_over_80_lines": sum(n > 80 for n, _ in funcs),
-            "circles": circles(edges), "private_imports": private}
+            "circles": circles(edges), "private_imports": private, "spec_string_key_reads": spec_keys}
 
 
 def circles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -81,7 +88,8 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
 def show(label: str, r: dict) -> str:
     out = [f"== {label}: {r['modules']} modules, {r['lines']} lines; {r['modules_over_500_lines']} modules over 500 "
            f"lines, {r['functions_over_80_lines']} functions over 80 lines; {len(r['circles'])} import circles; "
-           f"{len(r['private_imports'])} private names imported across modules"]
+           f"{len(r['private_imports'])} private names imported across modules; "
+           f"{r.get('spec_string_key_reads', '-')} string-key reads of the campaign spec"]
     out.append("  largest modules: " + ", ".join(f"{m} {n}" for m, n in r["largest_modules"]))
     out.append("  longest functions: " + ", ".join(f"{f} {n}" for n, f in r["longest_functions"]))
     for c in r["circles"]:

@@ -1,17 +1,29 @@
-"""Campaign specs: load a YAML file, fill defaults from ``specs/default.yaml``, validate every field.
+"""Campaign specs: one typed, validated object per campaign.
 
-A spec is plain data (a dict), as quacc keeps its presets: the stage functions take the sub-dict they
-need.  A bad spec stops with :class:`SpecError` naming the field (``validity.symprec: expected a
-number > 0, got 'abc'``).
+The *values* of the defaults live in one place, ``fw_screen/default_spec.yaml`` (the commented file users
+copy; ``specs/default.yaml`` is the same file).  The *types and ranges* live here, one dataclass per section
+(:class:`CampaignSpec` holds :class:`IngestSettings`, :class:`ValiditySettings`, ... :class:`QESettings`), each
+field with its check.  :func:`load_spec` overlays a YAML file and keyword overrides on the defaults and builds
+the object; a bad field stops with :class:`SpecError` naming it (``validity.symprec: expected a number >= 0,
+got 'abc'``).
+
+Code reads attributes (``spec.ml.stability_threshold``).  Every section is also a read-only mapping of its
+fields (as pymatgen's Composition is), so a pure function that takes "the spec's validity section" accepts
+the typed section or a plain dict of the same fields; :meth:`Section.to_dict` gives the plain data that is
+stored with the campaign in MongoDB (unchanged in format: a spec stored before this module was typed loads).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -27,186 +39,388 @@ CHECK_NAMES = (
     "volume",
 )
 
-
-class SpecError(ValueError):
-    """A campaign spec field is missing, unknown or out of range."""
-
-
 #: ``property.method``: where the target-hit verdict that promotion uses comes from
 PROPERTY_METHODS = ("ml", "dft_lite")
 #: uniqueness.matcher: pymatgen's StructureMatcher as is, or with an order-disorder comparator against
 #: partially occupied references (fw_screen/science/uniqueness.py)
 MATCHERS = ("ordered", "disordered")
+DFT_CODES = ("qe", "vasp")
 
 
+class SpecError(ValueError):
+    """A campaign spec field is missing, unknown or out of range."""
+
+
+# ------------------------------------------------------------------------------------------ field checks
+Check = Callable[[Any, str], Any]
+
+
+def _number(low: float | None = None, high: float | None = None, integer: bool = False,
+            optional: bool = False) -> Check:
+    kind = "an integer" if integer else "a number"
+    bounds = "" if low is None else f" >= {low}" + ("" if high is None else f" and <= {high}")
+
+    def check(value, where):
+        if value is None and optional:
+            return value
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok or (low is not None and value < low) or (
+                high is not None and value > high):
+            raise SpecError(f"{where}: expected {kind}{bounds}, got {value!r}")
+        return value
+    return check
+
+
+def _flag(value, where):
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _names(value, where):
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(f"{where}: expected a non-empty list of names, got {value!r}")
+    return value
+
+
+def _checks(value, where):
+    _names(value, where)
+    for check in value:
+        if check not in CHECK_NAMES:
+            raise SpecError(f"{where}: unknown check {check!r} (known: {', '.join(CHECK_NAMES)})")
+    return value
+
+
+def _choice(options: tuple[str, ...], expected: str | None = None) -> Check:
+    def check(value, where):
+        if value not in options:
+            raise SpecError(f"{where}: expected {expected or 'one of ' + ', '.join(options)}, got {value!r}")
+        return value
+    return check
+
+
+def _text(message: str, optional: bool = False, non_empty: bool = False, show: bool = True) -> Check:
+    def check(value, where):
+        if value is None and optional:
+            return value
+        if not isinstance(value, str) or (non_empty and not value):
+            raise SpecError(f"{where}: {message}" + (f", got {value!r}" if show else ""))
+        return value
+    return check
+
+
+def _campaign_name(value, where):
+    # a leading letter keeps FireWorks from reading a name such as 20260101T1200 as a date
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}", value):
+        raise SpecError(f"{where}: expected a name starting with a letter, then letters, digits, '_', '-', "
+                        f"'.', got {value!r}")
+    return value
+
+
+def _setting(check: Check, doc: str = "") -> Any:
+    """A dataclass field checked by ``check`` on load (no default here: the YAML file holds the values)."""
+    return field(metadata={"check": check, "doc": doc})
+
+
+def _section(kind: type) -> Any:
+    return field(metadata={"section": kind})
+
+
+# ----------------------------------------------------------------------------------------------- sections
+class Section(Mapping):
+    """A spec section: a dataclass whose fields are checked on load, readable as a mapping of its fields."""
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = ""):
+        """Build from plain data (all fields present: :func:`load_spec` merges the defaults first)."""
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{where.rstrip('.') or 'spec'}: expected a mapping, got {data!r}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise SpecError(f"{where}{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+        values = {}
+        for f in dataclasses.fields(cls):
+            name = f"{where}{f.name}"
+            if f.name not in data:
+                raise SpecError(f"{name}: missing")
+            value = data[f.name]
+            if "section" in f.metadata:
+                value = f.metadata["section"].from_dict(value, name + ".")
+            elif "convert" in f.metadata:
+                value = f.metadata["convert"](value, name)
+            else:
+                value = f.metadata["check"](copy.deepcopy(value), name)
+            values[f.name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """Plain data (dicts, lists, numbers, strings): what the campaigns collection stores."""
+        return {name: _plain(value) for name, value in self.items()}
+
+    # the read-only mapping of fields
+    def __getitem__(self, key: str) -> Any:
+        if not isinstance(key, str) or key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_dict()!r})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(eq=False, repr=False)
+class IngestSettings(Section):
+    cif_columns: list[str] = _setting(_names, "column holding the CIF text (first one present wins)")
+    condition_columns: list[str] = _setting(_names)
+    id_columns: list[str] = _setting(_names)
+    prompt_columns: list[str] = _setting(_names)
+    postprocess: bool = _setting(_flag, "CrystaLLM post-processing of raw generations")
+    max_cif_bytes: int = _setting(_number(1, integer=True), "larger inputs are recorded as invalid")
+
+
+@dataclass(eq=False, repr=False)
+class ValiditySettings(Section):
+    required: list[str] = _setting(_checks, "checks that must all pass for status valid")
+    symprec: float = _setting(_number(0))
+    bond_tolerance: float = _setting(_number(0))
+    h_bond_factor: float = _setting(_number(0))
+    min_bond_score: float = _setting(_number(0, 1))
+    min_cell_length: float = _setting(_number(0))
+    max_cell_length: float = _setting(_number(0))
+    min_cell_angle: float = _setting(_number(0, 180))
+    max_cell_angle: float = _setting(_number(0, 180))
+    min_distance: float = _setting(_number(0))
+    min_volume: float = _setting(_number(0))
+    max_volume: float = _setting(_number(0))
+    max_sites: int = _setting(_number(1, integer=True))
+
+
+@dataclass(eq=False, repr=False)
+class UniquenessSettings(Section):
+    ltol: float = _setting(_number(0))
+    stol: float = _setting(_number(0))
+    angle_tol: float = _setting(_number(0))
+    matcher: str = _setting(_choice(MATCHERS))
+
+
+@dataclass(eq=False, repr=False)
+class Condition(Section):
+    """One entry of the generator's condition vector: its name, unit and normalised -> physical table (keys
+    stored as strings such as "0.05": the spec is saved in MongoDB, whose keys must be strings)."""
+    name: str
+    unit: str | None = None
+    table: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = ""):
+        where = where.rstrip(".")
+        if not isinstance(data, Mapping) or set(data) - {"name", "unit", "table"} or "name" not in data:
+            raise SpecError(f"{where}: expected {{name, unit, table}}, got {data!r}")
+        table = data.get("table") or {}
+        if not isinstance(table, Mapping):
+            raise SpecError(f"{where}.table: expected a mapping normalised -> physical value")
+        try:
+            table = {str(float(k)): float(v) for k, v in table.items()}
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"{where}.table: every key and value must be a number ({exc})") from None
+        return cls(name=data["name"], unit=data.get("unit"), table=table)
+
+
+def _conditions(value, where):
+    if not isinstance(value, list):
+        raise SpecError(f"{where}: expected a list, got {value!r}")
+    return [Condition.from_dict(c, f"{where}[{i}]") for i, c in enumerate(value)]
+
+
+@dataclass(eq=False, repr=False)
+class MLSettings(Section):
+    potential: str = _setting(_text("expected a potential name"), "chgnet | sevennet-0 | ... | m3gnet")
+    model_dir: str | None = _setting(_text("expected a folder path or null", optional=True))
+    fmax: float = _setting(_number(0), "eV/A")
+    max_steps: int = _setting(_number(1, integer=True))
+    time_limit_s: float = _setting(_number(1), "per structure")
+    max_sites: int = _setting(_number(1, integer=True))
+    batch_size: int = _setting(_number(1, integer=True), "candidates per ML Firework")
+    stability_threshold: float = _setting(_number(0), "eV/atom: a stability hit is e_above_hull <= this")
+
+
+@dataclass(eq=False, repr=False)
+class PropertySettings(Section):
+    band_gap_model: str = _setting(_text("expected a model name or a folder path", show=False))
+    band_gap_fidelity: int = _setting(_number(0, integer=True))
+    band_gap_tolerance: float = _setting(_number(0), "eV")
+    widen_tolerance_by_model_error: bool = _setting(_flag)
+    method: str = _setting(_choice(PROPERTY_METHODS), "ml | dft_lite")
+    dft_lite_kppa: int = _setting(_number(1, integer=True))
+    dft_lite_nscf_kppa: int = _setting(_number(1, integer=True))
+    dft_lite_max_sites: int = _setting(_number(1, integer=True))
+
+
+@dataclass(eq=False, repr=False)
+class PromotionSettings(Section):
+    auto: bool = _setting(_flag)
+    max_e_above_hull: float = _setting(_number(), "eV/atom")
+    require_target_hit: bool = _setting(_flag)
+    require_converged: bool = _setting(_flag)
+    max_sites: int = _setting(_number(1, integer=True))
+    max_per_condition: int = _setting(_number(1, integer=True))
+    max_total: int = _setting(_number(1, integer=True))
+
+
+@dataclass(eq=False, repr=False)
+class QESettings(Section):
+    """The ``dft.qe`` section; a null command/folder is resolved at run time
+    (:func:`fw_screen.dft.qe.resolve_settings`)."""
+    pw_cmd: str | None = _setting(_text("expected a string or null", optional=True))
+    mpi_cmd: str | None = _setting(_text("expected a string or null", optional=True))
+    pseudo_dir: str | None = _setting(_text("expected a string or null", optional=True))
+    ecutwfc: float | None = _setting(_number(1, optional=True), "Ry; null: the largest SSSP recommendation")
+    ecutrho: float | None = _setting(_number(1, optional=True))
+    default_ecutwfc: float = _setting(_number(0))
+    default_ecutrho: float = _setting(_number(0))
+    kppa: float = _setting(_number(0))
+    nscf_kppa: float = _setting(_number(0))
+    smearing: str | None = _setting(_text("expected a string or null", optional=True))
+    degauss: float = _setting(_number(0))
+    conv_thr_per_atom: float = _setting(_number(0))
+    mixing_beta: float = _setting(_number(0))
+    electron_maxstep: int = _setting(_number(1, integer=True))
+    nstep: int = _setting(_number(1, integer=True))
+    press_conv_thr: float = _setting(_number(0))
+    forc_conv_thr: float = _setting(_number(0))
+    max_errors: int = _setting(_number(1, integer=True))
+    molecule_box: float = _setting(_number(0))
+    walltime_s: float | None = _setting(_number(1, optional=True))
+    keep_scratch: bool = _setting(_flag, "keep <workdir>/tmp (wavefunctions, charge density) after the chain")
+
+
+@dataclass(eq=False, repr=False)
+class VaspSettings(Section):
+    vasp_cmd: str = _setting(_text("expected a command/path or >>env_key<<", non_empty=True))
+    db_file: str = _setting(_text("expected a command/path or >>env_key<<", non_empty=True))
+
+
+@dataclass(eq=False, repr=False)
+class DFTSettings(Section):
+    code: str = _setting(_choice(DFT_CODES, "qe or vasp"))
+    stability_threshold: float = _setting(_number(0), "eV/atom")
+    reference_max_sites: int = _setting(_number(1, integer=True))
+    reference_polymorph_tolerance: float = _setting(_number(0, 1), "eV/atom")
+    qe: QESettings = _section(QESettings)
+    vasp: VaspSettings = _section(VaspSettings)
+
+
+@dataclass(eq=False, repr=False)
+class FireworksSettings(Section):
+    category_cheap: str = _setting(_text("expected a category name", show=False))
+    category_ml: str = _setting(_text("expected a category name", show=False))
+    category_dft: str = _setting(_text("expected a category name", show=False))
+
+
+@dataclass(eq=False, repr=False)
+class CampaignSpec(Section):
+    """Every threshold and setting of one campaign (see ``fw_screen/default_spec.yaml`` for what each means)."""
+    campaign: str = _setting(_campaign_name)
+    batch_size: int = _setting(_number(1, 100_000, integer=True), "candidates per cheap-stage Firework")
+    dedup_shards: int = _setting(_number(1, 1024, integer=True), "uniqueness Fireworks per campaign")
+    ingest: IngestSettings = _section(IngestSettings)
+    validity: ValiditySettings = _section(ValiditySettings)
+    uniqueness: UniquenessSettings = _section(UniquenessSettings)
+    conditions: list[Condition] = field(metadata={"convert": _conditions})
+    ml: MLSettings = _section(MLSettings)
+    property: PropertySettings = _section(PropertySettings)
+    promotion: PromotionSettings = _section(PromotionSettings)
+    dft: DFTSettings = _section(DFTSettings)
+    fireworks: FireworksSettings = _section(FireworksSettings)
+
+    def condition(self, name: str) -> Condition | None:
+        return next((c for c in self.conditions if c.name == name), None)
+
+
+# ---------------------------------------------------------------------------------------------- loading
 def _default_path() -> Path:
     return Path(str(resources.files("fw_screen").joinpath("default_spec.yaml")))
 
 
-def default_spec() -> dict:
+@functools.lru_cache(maxsize=1)
+def _default_data() -> dict:
     with open(_default_path()) as fh:
         return yaml.safe_load(fh)
 
 
-def _merge(base: dict, override: dict, path: str = "") -> dict:
+def default_spec() -> CampaignSpec:
+    """The defaults (``fw_screen/default_spec.yaml``), as a new :class:`CampaignSpec`."""
+    return CampaignSpec.from_dict(_default_data())
+
+
+def _merge(base: dict, override: Mapping, path: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
         where = f"{path}{key}"
         if key not in base:
             raise SpecError(f"{where}: unknown field (known: {', '.join(sorted(base))})")
         if isinstance(base[key], dict) and key != "table":
-            if not isinstance(value, dict):
+            if not isinstance(value, Mapping):
                 raise SpecError(f"{where}: expected a mapping, got {value!r}")
             out[key] = _merge(base[key], value, where + ".")
         else:
-            out[key] = value
+            out[key] = _plain(value)
     return out
 
 
-def _number(spec: dict, dotted: str, low: float | None = None, high: float | None = None,
-            integer: bool = False) -> None:
-    node: Any = spec
-    for part in dotted.split("."):
-        node = node[part]
-    ok = isinstance(node, int) if integer else isinstance(node, (int, float))
-    if isinstance(node, bool) or not ok or (low is not None and node < low) or (
-            high is not None and node > high):
-        kind = "an integer" if integer else "a number"
-        bounds = "" if low is None else f" >= {low}" + ("" if high is None else f" and <= {high}")
-        raise SpecError(f"{dotted}: expected {kind}{bounds}, got {node!r}")
+def validate(spec: Mapping) -> CampaignSpec:
+    """Check the type and range of every field of a complete spec (plain data or a :class:`CampaignSpec`)."""
+    data = spec.to_dict() if isinstance(spec, Section) else spec
+    return CampaignSpec.from_dict(data)
 
 
-def _string_list(value: Any, dotted: str) -> None:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise SpecError(f"{dotted}: expected a non-empty list of names, got {value!r}")
-
-
-def validate(spec: dict) -> dict:
-    """Check types and ranges of every field; return the spec (condition tables as {"0.05": 0.072})."""
-    name = spec.get("campaign")
-    # a leading letter keeps FireWorks from reading a name such as 20260101T1200 as a date
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}", name):
-        raise SpecError(f"campaign: expected a name starting with a letter, then letters, digits, '_', '-', "
-                        f"'.', got {name!r}")
-    _number(spec, "batch_size", 1, 100_000, integer=True)
-    _number(spec, "dedup_shards", 1, 1024, integer=True)
-    for key in ("cif_columns", "condition_columns", "id_columns", "prompt_columns"):
-        _string_list(spec["ingest"][key], f"ingest.{key}")
-    if not isinstance(spec["ingest"]["postprocess"], bool):
-        raise SpecError(f"ingest.postprocess: expected true or false, got {spec['ingest']['postprocess']!r}")
-    _number(spec, "ingest.max_cif_bytes", 1, integer=True)
-    val = spec["validity"]
-    _string_list(val["required"], "validity.required")
-    for check in val["required"]:
-        if check not in CHECK_NAMES:
-            raise SpecError(f"validity.required: unknown check {check!r} (known: {', '.join(CHECK_NAMES)})")
-    for key in ("symprec", "bond_tolerance", "h_bond_factor", "min_cell_length", "max_cell_length",
-                "min_distance", "min_volume", "max_volume"):
-        _number(spec, f"validity.{key}", 0)
-    _number(spec, "validity.min_bond_score", 0, 1)
-    _number(spec, "validity.min_cell_angle", 0, 180)
-    _number(spec, "validity.max_cell_angle", 0, 180)
-    _number(spec, "validity.max_sites", 1, integer=True)
-    for key in ("ltol", "stol", "angle_tol"):
-        _number(spec, f"uniqueness.{key}", 0)
-    if spec["uniqueness"]["matcher"] not in MATCHERS:
-        raise SpecError(f"uniqueness.matcher: expected one of {', '.join(MATCHERS)}, "
-                        f"got {spec['uniqueness']['matcher']!r}")
-    conditions = spec["conditions"]
-    if not isinstance(conditions, list):
-        raise SpecError(f"conditions: expected a list, got {conditions!r}")
-    for i, cond in enumerate(conditions):
-        where = f"conditions[{i}]"
-        if not isinstance(cond, dict) or set(cond) - {"name", "unit", "table"} or "name" not in cond:
-            raise SpecError(f"{where}: expected {{name, unit, table}}, got {cond!r}")
-        table = cond.get("table") or {}
-        if not isinstance(table, dict):
-            raise SpecError(f"{where}.table: expected a mapping normalised -> physical value")
-        try:  # keys stored as strings: the spec is saved in MongoDB, whose keys must be strings
-            cond["table"] = {str(float(k)): float(v) for k, v in table.items()}
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"{where}.table: every key and value must be a number ({exc})") from None
-    ml = spec["ml"]
-    if not isinstance(ml["potential"], str):
-        raise SpecError(f"ml.potential: expected a potential name, got {ml['potential']!r}")
-    if ml["model_dir"] is not None and not isinstance(ml["model_dir"], str):
-        raise SpecError(f"ml.model_dir: expected a folder path or null, got {ml['model_dir']!r}")
-    for key in ("fmax", "stability_threshold"):
-        _number(spec, f"ml.{key}", 0)
-    for key in ("max_steps", "max_sites", "batch_size"):
-        _number(spec, f"ml.{key}", 1, integer=True)
-    _number(spec, "ml.time_limit_s", 1)
-    if not isinstance(spec["property"]["band_gap_model"], str):
-        raise SpecError("property.band_gap_model: expected a model name or a folder path")
-    _number(spec, "property.band_gap_fidelity", 0, integer=True)
-    _number(spec, "property.band_gap_tolerance", 0)
-    prop = spec["property"]
-    if prop["method"] not in PROPERTY_METHODS:
-        raise SpecError(f"property.method: expected one of {', '.join(PROPERTY_METHODS)}, got {prop['method']!r}")
-    if not isinstance(prop["widen_tolerance_by_model_error"], bool):
-        raise SpecError("property.widen_tolerance_by_model_error: expected true or false, got "
-                        f"{prop['widen_tolerance_by_model_error']!r}")
-    for key in ("dft_lite_kppa", "dft_lite_nscf_kppa", "dft_lite_max_sites"):
-        _number(spec, f"property.{key}", 1, integer=True)
-    pro = spec["promotion"]
-    for key in ("auto", "require_target_hit", "require_converged"):
-        if not isinstance(pro[key], bool):
-            raise SpecError(f"promotion.{key}: expected true or false, got {pro[key]!r}")
-    _number(spec, "promotion.max_e_above_hull")
-    for key in ("max_sites", "max_per_condition", "max_total"):
-        _number(spec, f"promotion.{key}", 1, integer=True)
-    dft = spec["dft"]
-    if dft["code"] not in ("qe", "vasp"):
-        raise SpecError(f"dft.code: expected qe or vasp, got {dft['code']!r}")
-    _number(spec, "dft.stability_threshold", 0)
-    _number(spec, "dft.reference_max_sites", 1, integer=True)
-    _number(spec, "dft.reference_polymorph_tolerance", 0, 1)
-    qe = dft["qe"]
-    for key in ("pw_cmd", "mpi_cmd", "pseudo_dir", "smearing"):
-        if qe[key] is not None and not isinstance(qe[key], str):
-            raise SpecError(f"dft.qe.{key}: expected a string or null, got {qe[key]!r}")
-    for key in ("ecutwfc", "ecutrho", "walltime_s"):
-        if qe[key] is not None:
-            _number(spec, f"dft.qe.{key}", 1)
-    for key in ("default_ecutwfc", "default_ecutrho", "kppa", "nscf_kppa", "degauss", "conv_thr_per_atom",
-                "mixing_beta", "press_conv_thr", "forc_conv_thr", "molecule_box"):
-        _number(spec, f"dft.qe.{key}", 0)
-    for key in ("electron_maxstep", "nstep", "max_errors"):
-        _number(spec, f"dft.qe.{key}", 1, integer=True)
-    for key in ("vasp_cmd", "db_file"):
-        if not isinstance(dft["vasp"][key], str) or not dft["vasp"][key]:
-            raise SpecError(f"dft.vasp.{key}: expected a command/path or >>env_key<<, got {dft['vasp'][key]!r}")
-    for key in ("category_cheap", "category_ml", "category_dft"):
-        if not isinstance(spec["fireworks"][key], str):
-            raise SpecError(f"fireworks.{key}: expected a category name")
-    return spec
+def as_spec(spec: Mapping) -> CampaignSpec:
+    """``spec`` as a :class:`CampaignSpec` (plain data is validated; a stored spec is upgraded first)."""
+    return spec if isinstance(spec, CampaignSpec) else validate(upgrade(dict(spec)))
 
 
 #: settings added after campaigns were first stored, with the value that reproduces what such a campaign did
-#: where it is not the default (before the DFT-lite tier, promotion's target hit was the ML gap's)
-ADDED_SETTINGS = {"uniqueness": {"matcher": "ordered"},
-                  "property": {"method": "ml", "widen_tolerance_by_model_error": None, "dft_lite_kppa": None,
-                               "dft_lite_nscf_kppa": None, "dft_lite_max_sites": None}}
+#: where it is not the default (before the DFT-lite tier, promotion's target hit was the ML gap's); None: the
+#: default spec's value
+ADDED_SETTINGS = {"uniqueness.matcher": "ordered",
+                  "property.method": "ml", "property.widen_tolerance_by_model_error": None,
+                  "property.dft_lite_kppa": None, "property.dft_lite_nscf_kppa": None,
+                  "property.dft_lite_max_sites": None,
+                  "dft.qe.keep_scratch": None}
 
 
 def upgrade(spec: dict) -> dict:
-    """A stored campaign spec with the settings added since it was written (:data:`ADDED_SETTINGS`; None:
-    the default spec's value)."""
-    defaults = None  # read only for a spec that lacks something (campaign_spec calls this on every read)
-    for section, values in ADDED_SETTINGS.items():
-        if isinstance(spec.get(section), dict):
-            for key, value in values.items():
-                if key not in spec[section]:
-                    if value is None:
-                        defaults = defaults or default_spec()
-                        value = defaults[section][key]
-                    spec[section][key] = value
+    """A stored campaign spec (plain data) with the settings added since it was written
+    (:data:`ADDED_SETTINGS`); sections it lacks altogether are left for validation to name."""
+    for dotted, value in ADDED_SETTINGS.items():
+        *sections, key = dotted.split(".")
+        node, default = spec, _default_data()
+        for part in sections:
+            node, default = node.get(part) if isinstance(node, dict) else None, default[part]
+        if isinstance(node, dict) and key not in node:
+            node[key] = copy.deepcopy(default[key] if value is None else value)
     return spec
 
 
-def load_spec(path: str | Path | None = None, **overrides: Any) -> dict:
+def load_spec(path: str | Path | None = None, **overrides: Any) -> CampaignSpec:
     """Defaults, overlaid by the YAML file at ``path``, overlaid by ``overrides``; then validated."""
-    spec = default_spec()
+    data = _default_data()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -218,7 +432,7 @@ def load_spec(path: str | Path | None = None, **overrides: Any) -> dict:
             raise SpecError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(user, dict):
             raise SpecError(f"{path}: expected a mapping at the top level")
-        spec = _merge(spec, user)
+        data = _merge(data, user)
     if overrides:
-        spec = _merge(spec, {k: v for k, v in overrides.items() if v is not None})
-    return validate(spec)
+        data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    return validate(data)

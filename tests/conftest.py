@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import socket
-import uuid
-from pathlib import Path
+import os
 
-import pytest
-import yaml
+# One BLAS/OpenMP thread per process, as the worker supervisor gives every rlaunch it starts: the tests run
+# CHGNet, MEGNet and pymatgen in this process beside the database server, workers and pw.x on a 2-core
+# machine, and a thread pool per process there oversubscribes the cores (set before numpy/torch load).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from fw_screen.server import embedded as server
-from fw_screen.spec import load_spec
+import socket  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from fw_screen.server import embedded as server  # noqa: E402
+from fw_screen.spec import load_spec  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parent.parent

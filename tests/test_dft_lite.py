@@ -212,7 +212,7 @@ def test_dft_lite_tier_decides_promotion_through_fireworks(launchpad, launchpad_
 
 def test_an_old_campaign_spec_keeps_promoting_on_the_ml_gap(store):
     """A campaign stored before the DFT-lite tier existed decided on the ML gap: it still does."""
-    spec = load_spec(campaign="old")
+    spec = load_spec(campaign="old").to_dict()  # plain data, as stored
     for key in ("method", "widen_tolerance_by_model_error", "dft_lite_kppa", "dft_lite_nscf_kppa", "dft_lite_max_sites"):
         del spec["property"][key]
     store.campaigns.insert_one({"_id": "old", "spec": spec, "next_seq": 0})

@@ -176,6 +176,17 @@ def test_mongodb_access_lives_in_the_store():
     assert not bad, "\n".join(bad)
 
 
+def test_the_campaign_spec_is_read_as_typed_attributes():
+    """``spec.ml.stability_threshold``, never ``spec["ml"]["stability_threshold"]`` (fw_screen/spec.py types
+    every field; a string key would escape that).  Pure functions that take one section may read it as a
+    mapping (a test can hand them a dict), so only reads of the whole campaign spec are looked for."""
+    pat = re.compile(r"(?<![\w.])(spec|self\.spec|ctx\.spec)(\[[\"']|\.get\()|campaign_spec\([^()]*\)\[")
+    bad = [f"{p.relative_to(ROOT)}:{text[:mm.start()].count(chr(10)) + 1}: {mm.group(0)}"
+           for m, p in modules().items() if m != "fw_screen.spec"
+           for text in [p.read_text()] for mm in pat.finditer(text)]
+    assert not bad, "\n".join(bad)
+
+
 def test_pyproject_lists_every_package_folder():
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
     listed = set(cfg["tool"]["setuptools"]["packages"])

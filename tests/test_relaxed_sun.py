@@ -207,7 +207,7 @@ def test_planted_ordered_approximant_is_known_only_with_the_disordered_matcher(s
     verdict = {}
     for matcher in ("ordered", "disordered"):
         spec = load_spec(campaign=f"m-{matcher}", dedup_shards=1)
-        spec["uniqueness"]["matcher"] = matcher
+        spec.uniqueness.matcher = matcher
         run_ingest(store, gen, spec)
         for b in store.pending_batches(spec["campaign"]):
             run_validity(store, spec["campaign"], b)

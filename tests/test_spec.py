@@ -131,3 +131,85 @@ def test_validate_is_idempotent_on_a_loaded_spec():
     """A spec read back from the campaigns collection validates to itself (the store compares them)."""
     spec = load_spec(campaign="again")
     assert validate(copy.deepcopy(spec)) == spec
+
+
+# ------------------------------------------------------------------------------------------ the typed spec
+def test_spec_is_typed_and_reads_as_attributes_and_as_a_mapping():
+    from fw_screen.spec import CampaignSpec, QESettings, ValiditySettings
+
+    spec = load_spec(ml={"fmax": 0.02})
+    assert isinstance(spec, CampaignSpec) and isinstance(spec.validity, ValiditySettings)
+    assert isinstance(spec.dft.qe, QESettings)
+    assert spec.ml.fmax == 0.02 == spec["ml"]["fmax"]
+    assert spec.conditions[0].name == "band_gap" and spec.condition("band_gap").table["0.05"] == 0.072
+    # plain data for MongoDB, and back
+    data = spec.to_dict()
+    assert type(data["dft"]["qe"]) is dict and type(data["conditions"][0]) is dict
+    assert CampaignSpec.from_dict(data) == spec and data == spec
+    # a field cannot be added by mistake: the section's fields are fixed
+    with pytest.raises(KeyError):
+        spec.ml["fmaxx"]
+
+
+def test_every_default_has_a_typed_field_and_the_type_it_declares():
+    """The YAML holds the values, the dataclasses the types: neither may have a field the other lacks, and
+    each default is of its declared type (an int is a valid float)."""
+    import dataclasses
+    import types
+    import typing
+
+    from fw_screen import spec as spec_module
+    from fw_screen.spec import CampaignSpec, Section
+
+    raw = yaml.safe_load((REPO / "specs" / "default.yaml").read_text())
+
+    def walk(cls, data, where=""):
+        hints = typing.get_type_hints(cls, vars(spec_module))
+        assert set(data) == {f.name for f in dataclasses.fields(cls)}, where
+        for f in dataclasses.fields(cls):
+            hint, value = hints[f.name], data[f.name]
+            if isinstance(hint, type) and issubclass(hint, Section):
+                walk(hint, value, f"{where}{f.name}.")
+                continue
+            union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            allowed = tuple(typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,)))
+            allowed += (int,) if float in allowed else ()
+            assert isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed), \
+                f"{where}{f.name}: {value!r} is not {hint}"
+
+    walk(CampaignSpec, raw)
+
+
+def test_qe_settings_have_one_set_of_defaults():
+    """dft/qe/settings.py keeps no defaults of its own: what it fills in is the default spec's."""
+    from fw_screen.dft import qe
+    from fw_screen.dft.qe import settings as qe_settings
+
+    assert not hasattr(qe_settings, "DEFAULTS")
+    resolved = qe.resolve_settings({})
+    qe_defaults = default_spec().dft.qe
+    for key, value in qe_defaults.items():
+        if key not in ("pw_cmd", "mpi_cmd", "pseudo_dir"):  # resolved from the FWorker env / environment
+            assert resolved[key] == value, key
+    assert set(resolved) == set(qe_defaults)
+
+
+def test_a_spec_stored_before_later_settings_loads_and_re_registers(store):
+    """A campaign stored before the DFT-lite tier and keep_scratch existed: its spec loads with the values
+    that reproduce what it did, and submitting to it again with an equal spec is accepted."""
+    from fw_screen.spec import ADDED_SETTINGS
+
+    old = load_spec(campaign="old", property={"method": "ml"}).to_dict()
+    for dotted in ADDED_SETTINGS:
+        *sections, key = dotted.split(".")
+        node = old
+        for part in sections:
+            node = node[part]
+        node.pop(key)
+    store.campaigns.insert_one({"_id": "old", "spec": old, "next_seq": 0})
+    loaded = store.campaign_spec("old")
+    assert loaded.property.method == "ml" and loaded.uniqueness.matcher == "ordered"
+    assert loaded.dft.qe.keep_scratch is False
+    assert store.register_campaign(load_spec(campaign="old", property={"method": "ml"})) == loaded
+    with pytest.raises(Exception, match="fields differ: batch_size"):
+        store.register_campaign(load_spec(campaign="old", property={"method": "ml"}, batch_size=7))

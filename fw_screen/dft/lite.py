@@ -16,20 +16,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from fw_screen.dft import qe
+from fw_screen.spec import CampaignSpec
 
 
-def settings(spec: dict, env: dict | None = None) -> dict:
+def settings(spec: CampaignSpec, env: dict | None = None) -> dict:
     """The DFT stage's ``dft.qe`` settings with the tier's k-point densities (``property.dft_lite_kppa`` for
     the scf, ``property.dft_lite_nscf_kppa`` for the nscf); ``env`` as :func:`fw_screen.dft.qe.settings.resolve_settings`.
     A different k density is a different protocol (its id differs from the full DFT chain's)."""
-    prop = spec["property"]
-    qe_spec = {**spec["dft"]["qe"], "kppa": int(prop["dft_lite_kppa"]), "nscf_kppa": int(prop["dft_lite_nscf_kppa"])}
+    prop = spec.property
+    qe_spec = {**spec.dft.qe, "kppa": int(prop.dft_lite_kppa), "nscf_kppa": int(prop.dft_lite_nscf_kppa)}
     return qe.resolve_settings(qe_spec, env)
 
 
-def too_large(structure, spec: dict) -> str | None:
+def too_large(structure, spec: CampaignSpec) -> str | None:
     """Why ``structure`` gets no DFT-lite gap (more sites than ``property.dft_lite_max_sites``), else None."""
-    limit = int(spec["property"]["dft_lite_max_sites"])
+    limit = int(spec.property.dft_lite_max_sites)
     if len(structure) > limit:
         return f"{len(structure)} sites > property.dft_lite_max_sites {limit}"
     return None

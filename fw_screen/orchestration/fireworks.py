@@ -19,6 +19,7 @@ from fw_screen.dft import schema
 from fw_screen.dft.vasp import candidate_structure, vasp_result
 from fw_screen.store import ResultsStore
 from fw_screen.store.atomate import find_task_docs
+from fw_screen.spec import CampaignSpec, as_spec
 
 
 #: the FireTasks' serialized names before the package had rooms (fw-screen <= 2c57120 stored Fireworks as
@@ -64,8 +65,9 @@ class IngestTask(FiretaskBase):
     def run_task(self, fw_spec):
 
         store = _store(self, fw_spec)
-        summary = campaign.run_ingest(store, self["source"], self["spec"], submission=self.get("submission"))
-        wf = stage_workflow(summary["campaign"], summary["batches"], self["spec"], db_file=self.get("db_file"))
+        spec = as_spec(self["spec"])  # plain data in the Firework
+        summary = campaign.run_ingest(store, self["source"], spec, submission=self.get("submission"))
+        wf = stage_workflow(summary["campaign"], summary["batches"], spec, db_file=self.get("db_file"))
         return FWAction(stored_data={k: v for k, v in summary.items() if k != "batches"},
                         additions=[wf] if wf else None)
 
@@ -120,7 +122,7 @@ class StabilityTask(FiretaskBase):
 def _after_ml_stage(task: FiretaskBase, store: ResultsStore, counts: dict) -> list | None:
     """The last ML (or DFT-lite) Firework of a campaign adds what comes next (:func:`fw_screen.orchestration.fireworks.after_ml_stage`)."""
     spec = store.campaign_spec(task["campaign"])
-    if not (spec["promotion"]["auto"] and campaign.ml_stage_finished(store, task["campaign"])):
+    if not (spec.promotion.auto and campaign.ml_stage_finished(store, task["campaign"])):
         return None
 
     wfs, info = after_ml_stage(store, task["campaign"], db_file=task.get("db_file"))
@@ -285,43 +287,43 @@ def _task_kwargs(db_file: str | None) -> dict:
     return {"db_file": db_file} if db_file else {}
 
 
-def stage_workflow(campaign: str, batches: list[str], spec: dict, db_file: str | None = None) -> Workflow | None:
+def stage_workflow(campaign: str, batches: list[str], spec: CampaignSpec, db_file: str | None = None) -> Workflow | None:
     """Validity Fireworks for ``batches`` feeding the uniqueness shards; None when there is nothing new."""
     if not batches:
         return None
-    category = spec["fireworks"]["category_cheap"]
+    category = spec.fireworks.category_cheap
     kw = _task_kwargs(db_file)
     validity = [Firework(ValidityTask(campaign=campaign, batch=b, **kw), name=f"validity {b}",
                          spec={"_category": category, "campaign": campaign, "stage": "validity", "batch": b})
                 for b in batches]
     dedup = [Firework(UniquenessTask(campaign=campaign, shard=i, **kw), name=f"uniqueness {campaign} shard {i}",
                       spec={"_category": category, "campaign": campaign, "stage": "uniqueness"})
-             for i in range(spec["dedup_shards"])]
+             for i in range(spec.dedup_shards)]
     links = {fw: dedup for fw in validity}
     submission = batches[0].rsplit(".", 1)[0]
     return Workflow(validity + dedup, links_dict=links, name=f"fw-screen {campaign} {submission}",
                     metadata={"campaign": campaign, "submission": submission, "batches": len(batches)})
 
 
-def ml_fireworks(campaign: str, ml_batches: list[str], spec: dict, db_file: str | None = None) -> list[Firework]:
+def ml_fireworks(campaign: str, ml_batches: list[str], spec: CampaignSpec, db_file: str | None = None) -> list[Firework]:
     """One ML Firework (category ``ml``) per ML batch of novel candidates."""
     return [Firework(StabilityTask(campaign=campaign, ml_batch=b, **_task_kwargs(db_file)),
-                     name=f"stability {b}", spec={"_category": spec["fireworks"]["category_ml"], "campaign": campaign,
+                     name=f"stability {b}", spec={"_category": spec.fireworks.category_ml, "campaign": campaign,
                                                   "stage": "stability", "ml_batch": b})
             for b in ml_batches]
 
 
-def ingest_workflow(source: str | Path, spec: dict, db_file: str | None = None) -> Workflow:
+def ingest_workflow(source: str | Path, spec: CampaignSpec, db_file: str | None = None) -> Workflow:
     """One Firework that ingests ``source`` (an absolute path workers can read) and grows the rest."""
-    source = str(Path(source).resolve())
-    fw = Firework(IngestTask(source=source, spec=spec, **_task_kwargs(db_file)), name=f"ingest {Path(source).name}",
-                  spec={"_category": spec["fireworks"]["category_cheap"], "campaign": spec["campaign"],
+    source, spec = str(Path(source).resolve()), as_spec(spec)
+    fw = Firework(IngestTask(source=source, spec=spec.to_dict(), **_task_kwargs(db_file)), name=f"ingest {Path(source).name}",
+                  spec={"_category": spec.fireworks.category_cheap, "campaign": spec.campaign,
                         "stage": "ingest"})
-    return Workflow([fw], name=f"fw-screen {spec['campaign']} {Path(source).name}",
-                    metadata={"campaign": spec["campaign"], "source": source})
+    return Workflow([fw], name=f"fw-screen {spec.campaign} {Path(source).name}",
+                    metadata={"campaign": spec.campaign, "source": source})
 
 
-def submit(launchpad, store, source: str | Path, spec: dict, progress=None) -> tuple[dict, Workflow | None]:
+def submit(launchpad, store, source: str | Path, spec: CampaignSpec, progress=None) -> tuple[dict, Workflow | None]:
     """Ingest ``source`` client-side and add one workflow for every batch that has no Firework yet.
 
     Batches left without a workflow by an interrupted earlier submit are picked up here too, so a
@@ -374,21 +376,21 @@ def dft_workflow(store, candidate_ids: list[str], db_file: str | None = None) ->
         phase = {k: ref[k] for k in ("key", "formula", "kind", "structure")}
         fws.append(Firework(QEReferenceTask(campaign=ref["campaign"], system=ref["system"], phase=phase, **kw),
                             name=f"qe reference {ref['system']} {ref['formula']}",
-                            spec={"_category": spec["fireworks"]["category_dft"], "_priority": PRIORITY_REFERENCE,
+                            spec={"_category": spec.fireworks.category_dft, "_priority": PRIORITY_REFERENCE,
                                   "_add_launchpad_and_fw_id": True,  # a rerun of this Firework may retake its claim
                                   "campaign": ref["campaign"], "stage": "dft_reference", "system": ref["system"]}))
     for cand in jobs["candidates"]:
         spec = store.campaign_spec(cand["campaign"])
-        if spec["dft"]["code"] == "vasp":
+        if spec.dft.code == "vasp":
             from fw_screen.orchestration import fireworks as vasp
 
             doc = next(store.candidates_for({"_id": cand["id"]}, sort=None))
-            vasp_wfs.append(vasp.vasp_workflow(doc, spec["dft"]["vasp"]["db_file"],
-                                               vasp_cmd=spec["dft"]["vasp"]["vasp_cmd"],
-                                               category=spec["fireworks"]["category_dft"], results_db_file=db_file))
+            vasp_wfs.append(vasp.vasp_workflow(doc, spec.dft.vasp.db_file,
+                                               vasp_cmd=spec.dft.vasp.vasp_cmd,
+                                               category=spec.fireworks.category_dft, results_db_file=db_file))
             continue
         fws.append(Firework(QECandidateTask(candidate=cand["id"], **kw), name=f"qe candidate {cand['id']}",
-                            spec={"_category": spec["fireworks"]["category_dft"], "_priority": PRIORITY_CANDIDATE,
+                            spec={"_category": spec.fireworks.category_dft, "_priority": PRIORITY_CANDIDATE,
                                   "_add_launchpad_and_fw_id": True,  # its inline reference claims carry its fw_id
                                   "campaign": cand["campaign"], "stage": "dft", "candidate": cand["id"]}))
     for wf in vasp_wfs:
@@ -417,7 +419,7 @@ def dft_lite_workflow(store, campaign: str, candidate_ids: list[str], db_file: s
     spec = store.campaign_spec(campaign)
     kw = _task_kwargs(db_file)
     fws = [Firework(DFTLiteTask(candidate=c, campaign=campaign, **kw), name=f"dft-lite band gap {c}",
-                    spec={"_category": spec["fireworks"]["category_dft"], "_priority": PRIORITY_DFT_LITE,
+                    spec={"_category": spec.fireworks.category_dft, "_priority": PRIORITY_DFT_LITE,
                           "campaign": campaign, "stage": "dft_lite", "candidate": c})
            for c in candidate_ids]
     return Workflow(fws, name=f"fw-screen {campaign} DFT-lite band gaps",

@@ -22,7 +22,7 @@ def funnel_report(store: ResultsStore, campaign: str) -> dict:
     from fw_screen.store import sum_yield_rows
 
     names = store.campaign_names()
-    thr = store.campaign_spec(campaign)["ml"]["stability_threshold"] if campaign in names else 0.1
+    thr = store.campaign_spec(campaign).ml.stability_threshold if campaign in names else 0.1
     rows = store.yield_count_rows(campaign, [thr])
     total = sum_yield_rows(rows)
     counts = total["status"]

@@ -171,7 +171,7 @@ def funnel_yields(store: ResultsStore, campaign: str, thresholds: Iterable[float
     """
     if thresholds is None:
         spec = store.campaign_spec(campaign)
-        thresholds = sorted({float(spec["ml"]["stability_threshold"]), 0.0}, reverse=True)
+        thresholds = sorted({float(spec.ml.stability_threshold), 0.0}, reverse=True)
     thresholds = [float(t) for t in thresholds]
     rows = store.yield_count_rows(campaign, thresholds, by=by)  # one pass for every threshold and condition
     if not rows:
@@ -215,7 +215,7 @@ def campaign_metrics(store: ResultsStore, campaign: str, by: str = "targets.band
 
     require_campaign(store, campaign)
     spec = store.campaign_spec(campaign)
-    stab = float(spec["ml"]["stability_threshold"])
+    stab = float(spec.ml.stability_threshold)
     thresholds = sorted({0.0, stab})
     rows = store.metric_count_rows(campaign, thresholds, by=by)
     reference = store.reference_distribution()
@@ -309,10 +309,10 @@ def ml_vs_dft(store: ResultsStore, campaign: str) -> dict:
     """:func:`agreement` on the campaign's DFT-done candidates, with the promotion rules as the selection."""
     rows = hull_table(store, campaign, stage="dft", sort="dft_e_above_hull")
     spec = store.campaign_spec(campaign)
-    rules = spec.get("promotion") or {}
-    source = "a DFT-lite" if (spec.get("property") or {}).get("method") == "dft_lite" else "an ML"
-    note = (f"promotion requires ML e_above_hull <= {rules.get('max_e_above_hull')} eV/atom"
-            + (f" and {source} band-gap hit" if rules.get("require_target_hit") else ""))
+    rules = spec.promotion
+    source = "a DFT-lite" if spec.property.method == "dft_lite" else "an ML"
+    note = (f"promotion requires ML e_above_hull <= {rules.max_e_above_hull} eV/atom"
+            + (f" and {source} band-gap hit" if rules.require_target_hit else ""))
     return {"campaign": campaign, "n_dft": len(rows), "selection": note, **agreement(rows, note), "rows": rows}
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from fw_screen.spec import CampaignSpec
+
 #: bytes of an oversized input kept in the record (the full text is never stored).
 KEPT_PREFIX = 4096
 CIF_SUFFIXES = (".cif", ".mcif")
@@ -345,7 +347,7 @@ def candidate_id(campaign: str, source: dict, text: str) -> str:
     return f"{campaign}:{digest[:20]}"
 
 
-def candidate_document(raw: RawInput, campaign: str, spec: dict) -> dict:
+def candidate_document(raw: RawInput, campaign: str, spec: CampaignSpec) -> dict:
     """The ingested record of one input (no structure parsing here; that is the validity stage)."""
     text = raw.text
     doc = {
@@ -358,7 +360,7 @@ def candidate_document(raw: RawInput, campaign: str, spec: dict) -> dict:
         "cif_original": text,
         "condition_vector": raw.condition,
     }
-    targets, problem = decode_conditions(raw.condition, spec["conditions"])
+    targets, problem = decode_conditions(raw.condition, spec.conditions)
     doc["targets"] = targets
     if problem:
         doc["targets_problem"] = problem
@@ -367,7 +369,7 @@ def candidate_document(raw: RawInput, campaign: str, spec: dict) -> dict:
         doc["cif_processed"] = None
         doc["repairs"] = []
         return doc
-    if spec["ingest"]["postprocess"]:
+    if spec.ingest.postprocess:
         processed, repairs = postprocess(text)
     else:
         processed, repairs = text, []
@@ -377,6 +379,6 @@ def candidate_document(raw: RawInput, campaign: str, spec: dict) -> dict:
     return doc
 
 
-def iter_candidates(path: str | Path, campaign: str, spec: dict) -> Iterator[dict]:
-    for raw in read_inputs(path, spec["ingest"]):
+def iter_candidates(path: str | Path, campaign: str, spec: CampaignSpec) -> Iterator[dict]:
+    for raw in read_inputs(path, spec.ingest):
         yield candidate_document(raw, campaign, spec)

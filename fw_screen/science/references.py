@@ -608,7 +608,7 @@ def open_source(path: str | Path, ingest: dict | None = None, trust_pickle: bool
         from fw_screen.spec import default_spec
 
         return Source(str(path), "cif-table", STRUCTURES_ONLY, None,
-                      _table_items(path, ingest or default_spec()["ingest"]), sha)
+                      _table_items(path, ingest or default_spec().ingest), sha)
     if lower.endswith(".cif"):
         return Source(str(path), "cif", STRUCTURES_ONLY, None, _cif_items(path), sha)
     raise ReferenceSourceError(

@@ -12,6 +12,7 @@ from pymatgen.core import Structure
 from fw_screen import state as st
 from fw_screen.dft import schema
 from fw_screen.store import ResultsStore
+from fw_screen.spec import CampaignSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +28,19 @@ def _structure_entries(store: ResultsStore, elements) -> list:
     return [decoder.process_decoded(d["entry"]) for d in store.entries_in_chemsys(elements, HULL_ENERGY_SCALE)]
 
 
-def dft_reference_phases(store: ResultsStore, structure: Structure, spec: dict) -> list[dict]:
+def dft_reference_phases(store: ResultsStore, structure: Structure, spec: CampaignSpec) -> list[dict]:
     """The reference phases deciding the hull at ``structure``'s composition (see :mod:`fw_screen.dft.hull`)."""
     from fw_screen.dft import hull as dft
 
     elements = sorted({el.symbol for el in structure.composition.elements})
     return dft.reference_phases(structure.composition, _structure_entries(store, elements),
-                                box=spec["dft"]["qe"]["molecule_box"],
-                                polymorph_tolerance=spec["dft"]["reference_polymorph_tolerance"])
+                                box=spec.dft.qe.molecule_box,
+                                polymorph_tolerance=spec.dft.reference_polymorph_tolerance)
 
 
-def oversized_phases(phases: list[dict], spec: dict) -> list[str]:
+def oversized_phases(phases: list[dict], spec: CampaignSpec) -> list[str]:
     """Formulas of the reference phases larger than ``dft.reference_max_sites`` (not computed)."""
-    return [p["formula"] for p in phases if len(p["structure"]) > spec["dft"]["reference_max_sites"]]
+    return [p["formula"] for p in phases if len(p["structure"]) > spec.dft.reference_max_sites]
 
 
 def dft_jobs(store: ResultsStore, candidate_ids: list[str]) -> dict:
@@ -55,7 +56,7 @@ def dft_jobs(store: ResultsStore, candidate_ids: list[str]) -> dict:
                                     {"campaign": 1, "elements": 1, "ml.structure_relaxed": 1}):
         spec = store.campaign_spec(doc["campaign"])
         jobs["candidates"].append({"id": doc["_id"], "campaign": doc["campaign"]})
-        if spec["dft"]["code"] != "qe":
+        if spec.dft.code != "qe":
             continue
         structure = Structure.from_dict(doc["ml"]["structure_relaxed"])
         system = "-".join(sorted(doc["elements"]))
@@ -96,7 +97,7 @@ def run_dft_reference(store: ResultsStore, campaign: str, system: str, phase: di
     from fw_screen.dft import qe
 
     spec = store.campaign_spec(campaign)
-    settings = qe.resolve_settings(spec["dft"]["qe"], env)
+    settings = qe.resolve_settings(spec.dft.qe, env)
     structure = phase["structure"]  # FireWorks turns MSONable dicts in task parameters into objects
     structure = Structure.from_dict(structure) if isinstance(structure, dict) else structure
     phase = {**phase, "structure": structure.as_dict()}
@@ -135,7 +136,7 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
                                                              "dft.structure_relaxed": 1}, sort=None), None)
     if doc is not None and doc["status"] == st.DFT_DONE and doc["dft"].get("hull_status") == "waiting":
         spec = store.campaign_spec(doc["campaign"])
-        settings = qe.resolve_settings(spec["dft"]["qe"], env)
+        settings = qe.resolve_settings(spec.dft.qe, env)
         protocol = qe.protocol(doc["elements"], settings)
         phases = dft_reference_phases(store, Structure.from_dict(doc["dft"]["structure_relaxed"]), spec)
         inline = _inline_references(store, doc["campaign"], "-".join(sorted(doc["elements"])), phases, workdir,
@@ -145,7 +146,7 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
         return {"status": "skipped", "reason": f"candidate {candidate_id} is "
                                                f"{'missing' if doc is None else doc['status']}, not promoted"}
     spec = store.campaign_spec(doc["campaign"])
-    settings = qe.resolve_settings(spec["dft"]["qe"], env)
+    settings = qe.resolve_settings(spec.dft.qe, env)
     structure = Structure.from_dict(doc["ml"]["structure_relaxed"])
     system = "-".join(sorted(doc["elements"]))
     base = {"code": "qe", "system": system, "start": "ML-relaxed structure"}
@@ -172,7 +173,7 @@ def run_dft_candidate(store: ResultsStore, candidate_id: str, workdir: str | Pat
     if too_big:
         fields["hull_status"] = "not_computed"
         fields["hull_reason"] = (f"reference phase(s) {', '.join(too_big)} larger than "
-                                 f"dft.reference_max_sites={spec['dft']['reference_max_sites']}")
+                                 f"dft.reference_max_sites={spec.dft.reference_max_sites}")
     elif phases:
         fields["hull_status"] = "waiting"
         fields["references"] = [_reference_id(protocol, p["key"]) for p in phases]

@@ -27,10 +27,10 @@ def plan_dft_lite(store: ResultsStore, campaign: str) -> list[str]:
     from fw_screen.science import promotion
 
     spec = store.campaign_spec(campaign)
-    if spec["property"]["method"] != "dft_lite":
+    if spec.property.method != "dft_lite":
         return []
     todo, skipped = [], []
-    for doc in store.dft_lite_waiting(campaign, spec["ml"]["stability_threshold"]):
+    for doc in store.dft_lite_waiting(campaign, spec.ml.stability_threshold):
         relaxed = (doc.get("ml") or {}).get("structure_relaxed")
         known = promotion.relaxed_reason(doc)
         if known:
@@ -51,9 +51,9 @@ def plan_dft_lite(store: ResultsStore, campaign: str) -> list[str]:
 def dft_lite_pending(store: ResultsStore, campaign: str) -> int:
     """Candidates of the campaign whose DFT-lite band gap is queued or not yet planned (0 with method ml)."""
     spec = store.campaign_spec(campaign)
-    if spec["property"]["method"] != "dft_lite":
+    if spec.property.method != "dft_lite":
         return 0
-    return store.dft_lite_pending_count(campaign, spec["ml"]["stability_threshold"])
+    return store.dft_lite_pending_count(campaign, spec.ml.stability_threshold)
 
 
 def run_dft_lite(store: ResultsStore, candidate_id: str, workdir: str | Path, env: dict | None = None,

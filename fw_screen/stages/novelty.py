@@ -12,6 +12,7 @@ from pymatgen.core import Structure
 
 from fw_screen.science import uniqueness as uq
 from fw_screen.store import ResultsStore
+from fw_screen.spec import CampaignSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class ReferenceMatcher:
     against partially occupied references of the same chemical system.  Used on generated cells (the
     uniqueness stage) and on ML-relaxed ones (:func:`relaxed_verdict`)."""
 
-    def __init__(self, store: ResultsStore, spec: dict, formulas: set[str], chemsys: set[str]):
-        cfg = spec["uniqueness"]
+    def __init__(self, store: ResultsStore, spec: CampaignSpec, formulas: set[str], chemsys: set[str]):
+        cfg = spec.uniqueness
         from fw_screen.stages import hulls
 
         self.matcher = uq.make_matcher(cfg)

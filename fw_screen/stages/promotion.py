@@ -29,7 +29,7 @@ def run_promotion(store: ResultsStore, campaign: str) -> dict:
 
     def references_ok(doc: dict) -> tuple[bool, str]:
         """The DFT hull needs the facet's phases with structures, none larger than reference_max_sites."""
-        if spec["dft"]["code"] != "qe":
+        if spec.dft.code != "qe":
             return True, "DFT hull against MP entries (VASP path)"
         full = next(store.candidates_for({"_id": doc["_id"]}, {"ml.structure_relaxed": 1}, sort=None))
         structure = Structure.from_dict(full["ml"]["structure_relaxed"])
@@ -39,7 +39,7 @@ def run_promotion(store: ResultsStore, campaign: str) -> dict:
                 phases = dft_reference_phases(store, structure, spec)
                 big = oversized_phases(phases, spec)
                 checked[key] = (not big, f"DFT reference phases {', '.join(p['formula'] for p in phases)}" if not big
-                                else f"reference phase(s) {', '.join(big)} > {spec['dft']['reference_max_sites']} sites")
+                                else f"reference phase(s) {', '.join(big)} > {spec.dft.reference_max_sites} sites")
             except Exception as exc:  # e.g. elemental references without structures
                 checked[key] = (False, f"no DFT reference phases: {exc}")
         return checked[key]
@@ -48,7 +48,7 @@ def run_promotion(store: ResultsStore, campaign: str) -> dict:
     if waiting:  # the target hits promotion acts on are DFT-lite gaps: not all computed yet
         return {"considered": 0, "eligible": 0, "chosen": 0, "not_eligible": {}, "promoted": [],
                 "waiting_dft_lite": waiting}
-    rules = {**spec["promotion"], "band_gap_source": spec["property"]["method"]}
+    rules = {**spec.promotion, "band_gap_source": spec.property.method}
     owner = store.acquire_lock(f"promote:{campaign}", lease_s=120, wait_s=300)
     try:
         choices, summary = promotion.select(store.ml_done_for_promotion(campaign), rules,

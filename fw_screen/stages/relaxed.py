@@ -14,12 +14,13 @@ from pymatgen.core import Composition, Structure
 from fw_screen.science import uniqueness as uq
 from fw_screen.stages.novelty import ReferenceMatcher
 from fw_screen.store import ResultsStore
+from fw_screen.spec import CampaignSpec
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------- after relaxation (S.U.N.)
-def relaxed_verdict(generated: Structure, relaxed: Structure, spec: dict, store: ResultsStore,
+def relaxed_verdict(generated: Structure, relaxed: Structure, spec: CampaignSpec, store: ResultsStore,
                     references: ReferenceMatcher | None = None) -> dict:
     """What relaxation changed for one candidate (``ml.*`` fields): the relaxed structure's reduced cell and
     match key, the reference it matches (``matched_reference_relaxed``; ``novel_relaxed`` when none), the
@@ -81,7 +82,7 @@ def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
             if d["ml"].get("match_key_relaxed"):
                 by_key[d["ml"]["match_key_relaxed"]].append(d)
         shared = [k for k, members in by_key.items() if len(members) > 1]
-        matcher = uq.make_matcher(spec["uniqueness"])
+        matcher = uq.make_matcher(spec.uniqueness)
         duplicate_of = {d["_id"]: None for d in docs}
         for chunk in _key_chunks(shared, by_key, RELAXED_CHUNK):  # structures of a few keys in memory at a time
             structures = store.documents_by_id("candidates", [d["_id"] for k in chunk for d in by_key[k]],
@@ -107,7 +108,7 @@ def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
             if (new is None) != (old is None) or (new is not None and abs(new - old) > 1e-9):
                 updates.setdefault(d["_id"], {}).update({
                     "ml.e_above_hull_self_consistent": new,
-                    "ml.stable_self_consistent": None if new is None else new <= spec["ml"]["stability_threshold"]})
+                    "ml.stable_self_consistent": None if new is None else new <= spec.ml.stability_threshold})
         counts["updated"] = store.set_fields(list(updates.items()))
         store.set_relaxed_pass(campaign, {"fingerprint": fingerprint, "counts": counts})
     finally:
@@ -116,14 +117,14 @@ def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
     return counts
 
 
-def _relaxed_fingerprint(spec: dict, sets: str, docs: list[dict]) -> str:
+def _relaxed_fingerprint(spec: CampaignSpec, sets: str, docs: list[dict]) -> str:
     """What the pass's verdicts depend on: the relaxed candidates (id, relaxed match key, hull distance,
     relaxed-known), the active reference sets (``sets``: their version) and the matcher settings."""
     import hashlib
     import json
 
     h = hashlib.sha256()
-    h.update(json.dumps([spec["uniqueness"], spec["ml"]["stability_threshold"], sets],
+    h.update(json.dumps([spec.uniqueness.to_dict(), spec.ml.stability_threshold, sets],
                         sort_keys=True, default=str).encode())
     for d in sorted(docs, key=lambda d: d["_id"]):
         ml = d["ml"]
@@ -158,7 +159,7 @@ def _finite(x) -> float:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else math.inf
 
 
-def _backfill_relaxed(store: ResultsStore, spec: dict, ids: list[str]) -> int:
+def _backfill_relaxed(store: ResultsStore, spec: CampaignSpec, ids: list[str]) -> int:
     """The relaxed verdict of candidates relaxed before it was computed at relaxation time (or before the
     reference sets last changed), ``RELAXED_CHUNK`` candidates at a time."""
     changed = 0
@@ -179,7 +180,7 @@ def _backfill_relaxed(store: ResultsStore, spec: dict, ids: list[str]) -> int:
     return changed
 
 
-def _self_consistent(store: ResultsStore, spec: dict, docs: list[dict]) -> tuple[dict[str, float | None], int]:
+def _self_consistent(store: ResultsStore, spec: CampaignSpec, docs: list[dict]) -> tuple[dict[str, float | None], int]:
     """{candidate id: e_above_hull against the reference hull joined by the campaign's relaxed ML-stable,
     novel, unique candidates}, and how many chemical systems had such a joiner."""
     from pymatgen.entries.computed_entries import ComputedEntry
@@ -187,7 +188,7 @@ def _self_consistent(store: ResultsStore, spec: dict, docs: list[dict]) -> tuple
     from fw_screen.science import stability
     from fw_screen.stages import hulls
 
-    threshold = spec["ml"]["stability_threshold"]
+    threshold = spec.ml.stability_threshold
 
     def entry(d):
         e = (d["ml"].get("hull") or {}).get("energy_per_atom")

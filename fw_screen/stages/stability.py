@@ -13,24 +13,25 @@ from pymatgen.core import Structure
 from fw_screen import state as st
 from fw_screen.stages.relaxed import relaxed_verdict
 from fw_screen.store import ResultsStore
+from fw_screen.spec import CampaignSpec
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------- ML stability
-def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, dict]:
+def stability_fields(doc: dict, spec: CampaignSpec, store: ResultsStore) -> tuple[str, dict]:
     """(new status, stored fields) of the ML stage for one novel candidate (never raises)."""
     from fw_screen.science import band_gap as prop
     from fw_screen.science import potentials, stability
     from fw_screen.stages import hulls
 
-    ml, pcfg = spec["ml"], spec["property"]
+    ml, pcfg = spec.ml, spec.property
     structure = Structure.from_dict(doc["structure_reduced"])
     elements = sorted({el.symbol for el in structure.composition.elements})
-    out: dict = {"potential": ml["potential"]}
+    out: dict = {"potential": ml.potential}
     pd, missing = hulls.reference_hull(store, elements)
     band_gap = None
-    gap_model = pcfg["band_gap_model"], pcfg["band_gap_fidelity"]  # loaded once per process (cached)
+    gap_model = pcfg.band_gap_model, pcfg.band_gap_fidelity  # loaded once per process (cached)
     if missing:
         out["reason"] = f"no reference hull for {'-'.join(elements)}: {'; '.join(missing)}"
         out["missing_references"] = missing
@@ -41,16 +42,16 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
             out["band_gap_error"] = f"{type(exc).__name__}: {exc}"
         out["hits"] = ml_hits(band_gap, None, doc, spec)
         return st.NO_REFERENCE, {"ml": out}
-    if len(structure) > ml["max_sites"]:
+    if len(structure) > ml.max_sites:
         out["reason"] = f"{len(structure)} sites > ml.max_sites={ml['max_sites']}"
         return st.ML_FAILED, {"ml": out}
-    unsupported = potentials.unsupported_elements(ml["potential"], elements)
+    unsupported = potentials.unsupported_elements(ml.potential, elements)
     if unsupported:
         out["reason"] = f"{ml['potential']} does not cover {', '.join(unsupported)}"
         return st.ML_FAILED, {"ml": out}
-    calc = potentials.get_calculator(ml["potential"], ml["model_dir"])
-    relax = stability.relax(structure, calc, fmax=ml["fmax"], max_steps=ml["max_steps"],
-                            time_limit_s=ml["time_limit_s"])
+    calc = potentials.get_calculator(ml.potential, ml.model_dir)
+    relax = stability.relax(structure, calc, fmax=ml.fmax, max_steps=ml.max_steps,
+                            time_limit_s=ml.time_limit_s)
     relaxed = relax.pop("structure", None)
     out["relax"] = relax
     if relax["status"] not in ("converged", "not_converged") or relaxed is None:
@@ -63,8 +64,8 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
         log.warning("relaxed matching failed on %s: %s", doc["_id"], exc)
         out["relaxed_match_error"] = f"{type(exc).__name__}: {exc}"
     try:
-        entry = stability.ml_entry(relaxed, relax["energy_total"], ml["potential"], entry_id=doc["_id"])
-        entry_unrelaxed = stability.ml_entry(structure, relax["unrelaxed_energy_total"], ml["potential"],
+        entry = stability.ml_entry(relaxed, relax["energy_total"], ml.potential, entry_id=doc["_id"])
+        entry_unrelaxed = stability.ml_entry(structure, relax["unrelaxed_energy_total"], ml.potential,
                                              entry_id=doc["_id"])
     except stability.CorrectionError as exc:
         out["reason"] = f"energy correction failed: {exc}"
@@ -77,7 +78,7 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
     out["hull"] = hull
     out["e_above_hull"] = hull["e_above_hull"]
     out["e_above_hull_unrelaxed"] = stability.hull_distance(entry_unrelaxed, pd)["e_above_hull"]
-    out["stable"] = hull["e_above_hull"] <= ml["stability_threshold"]
+    out["stable"] = hull["e_above_hull"] <= ml.stability_threshold
     gap = None
     try:  # a band-gap model that cannot predict (e.g. no neighbour within its cutoff) keeps the hull result
         band_gap = prop.predict_band_gap(relaxed, prop.load_band_gap_model(*gap_model))
@@ -89,23 +90,23 @@ def stability_fields(doc: dict, spec: dict, store: ResultsStore) -> tuple[str, d
     return st.ML_DONE, {"ml": out}
 
 
-def ml_hits(band_gap: dict | None, e_above_hull: float | None, doc: dict, spec: dict) -> dict:
+def ml_hits(band_gap: dict | None, e_above_hull: float | None, doc: dict, spec: CampaignSpec) -> dict:
     """Target hits of an ML band-gap prediction (:func:`fw_screen.science.band_gap.predict_band_gap`)."""
     return gap_hits((band_gap or {}).get("band_gap"), (band_gap or {}).get("model_error"), "ml", e_above_hull,
                     doc, spec)
 
 
 def gap_hits(gap: float | None, mae: float | None, source: str, e_above_hull: float | None, doc: dict,
-             spec: dict) -> dict:
+             spec: CampaignSpec) -> dict:
     """Target hits of a band gap from ``source`` (``ml`` / ``dft_lite``) whose measured error is ``mae``: the
     error is recorded and, when ``property.widen_tolerance_by_model_error``, added to the tolerance."""
     from fw_screen.science import band_gap as prop
 
-    return prop.target_hits(gap, e_above_hull, doc.get("targets") or {}, prop.hit_tolerance(spec["property"], mae),
-                            spec["ml"]["stability_threshold"], model_error=mae, source=source)
+    return prop.target_hits(gap, e_above_hull, doc.get("targets") or {}, prop.hit_tolerance(spec.property, mae),
+                            spec.ml.stability_threshold, model_error=mae, source=source)
 
 
-def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: dict) -> list[str]:
+def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: CampaignSpec) -> list[str]:
     """Put novel candidates into ML batches (ids that FireWorks cannot mistake for dates).
 
     Candidates inside a complete reference system will be relaxed (seconds to minutes each): small
@@ -122,8 +123,8 @@ def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: di
     relax = hulls.relaxable(store, {i: elements.get(i, []) for i in ids})
     chosen = set(relax)
     cheap = [i for i in ids if i not in chosen]
-    return (store.assign_ml_batches(campaign, relax, spec["ml"]["batch_size"], prefix=f"{prefix}r")
-            + store.assign_ml_batches(campaign, cheap, spec["batch_size"], prefix=f"{prefix}n"))
+    return (store.assign_ml_batches(campaign, relax, spec.ml.batch_size, prefix=f"{prefix}r")
+            + store.assign_ml_batches(campaign, cheap, spec.batch_size, prefix=f"{prefix}n"))
 
 
 def requeue_covered(store: ResultsStore, campaign: str) -> int:
@@ -153,7 +154,7 @@ def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:
             except Exception as exc:  # one bad candidate never takes the batch down
                 log.exception("ML stage failed on %s", doc["_id"])
                 new, fields = st.ML_FAILED, {"ml": {"reason": f"{type(exc).__name__}: {exc}",
-                                                    "potential": spec["ml"]["potential"]}}
+                                                    "potential": spec.ml.potential}}
             counts[new] += 1
             store.transition([(doc["_id"], st.NOVEL, new, fields)], "ml")  # one by one: results land as they come
     counts["seconds"] = round(time.perf_counter() - t0, 3)

@@ -26,7 +26,7 @@ def run_uniqueness(store: ResultsStore, campaign: str, shard: int) -> dict:
     (status ``valid``) candidate of the shard is decided, whichever submission it came from.
     """
     spec = store.campaign_spec(campaign)
-    matcher = uq.make_matcher(spec["uniqueness"])
+    matcher = uq.make_matcher(spec.uniqueness)
     lock = f"{campaign}:uniqueness:{shard}"
     owner = store.acquire_lock(lock)
     counts = {st.DUPLICATE: 0, st.KNOWN: 0, st.NOVEL: 0}

@@ -11,25 +11,26 @@ from fw_screen import state as st
 from fw_screen.science import uniqueness as uq
 from fw_screen.science.validity import check_cif
 from fw_screen.store import ResultsStore
+from fw_screen.spec import CampaignSpec
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------- validity
-def validity_fields(doc: dict, spec: dict) -> dict:
+def validity_fields(doc: dict, spec: CampaignSpec) -> dict:
     """The stored result of the validity stage for one ingested candidate (never raises)."""
     if doc.get("ingest_error"):
         return {"validity": {"valid": False, "first_failure": "ingest", "reason": doc["ingest_error"],
                              "checks": {}}}
     try:
-        result = check_cif(doc.get("cif_processed"), spec["validity"])
+        result = check_cif(doc.get("cif_processed"), spec.validity)
         fields = {"validity": result.as_dict(), **result.info}
         if result.valid:  # invalid ones keep cif_processed; their structure is not worth the storage
             fields["structure"] = result.structure.as_dict()
             reduced = uq.reduce_structure(result.structure)
             fields["structure_reduced"] = reduced.as_dict()
             fields["match_key"] = uq.match_key(reduced)
-            fields["shard"] = uq.shard_of(reduced.composition.reduced_formula, spec["dedup_shards"])
+            fields["shard"] = uq.shard_of(reduced.composition.reduced_formula, spec.dedup_shards)
         return fields
     except Exception as exc:  # a bug or a pathological input must not take the batch down
         log.exception("validity failed on %s", doc["_id"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from fw_screen import state as st
+from fw_screen.spec import as_spec
 from fw_screen.store.base import (
     CANDIDATES,
     HULL_TABLE_PROJECTION,
@@ -258,11 +259,12 @@ class Analysis:
 
     # -------------------------------------------------------------------------------------- report
     def campaign_info(self, name: str) -> dict:
-        """``{"name", "created", "spec"}`` of a campaign (StoreError when there is none)."""
+        """``{"name", "created", "spec"}`` of a campaign (StoreError when there is none; ``spec``: the
+        :class:`~fw_screen.spec.CampaignSpec`, upgraded as :meth:`campaign_spec` gives it)."""
         doc = self.campaigns.find_one({"_id": name}, {"spec": 1, "created": 1})
         if doc is None:
             raise StoreError(f"unknown campaign {name!r}")
-        return {"name": name, "created": doc.get("created"), "spec": doc["spec"]}
+        return {"name": name, "created": doc.get("created"), "spec": as_spec(doc["spec"])}
 
     def campaign_overview(self, campaign: str) -> dict:
         """``{"status": {status: n}, "inputs": [{"file", "n", "submissions"}]}``: candidates per status and per

@@ -5,9 +5,12 @@ A part of :class:`fw_screen.store.ResultsStore` (it holds the collections these 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from fw_screen.spec import CampaignSpec, as_spec, upgrade
 from fw_screen.store.base import StoreError, utcnow
 
 
@@ -15,29 +18,31 @@ class Campaigns:
     """Campaigns (:class:`~fw_screen.store.ResultsStore`)."""
 
     # ------------------------------------------------------------------------------------ campaigns
-    def register_campaign(self, spec: dict) -> dict:
-        """Store the spec of a new campaign, or check it equals the stored one."""
-        name = spec["campaign"]
+    def register_campaign(self, spec: Mapping) -> CampaignSpec:
+        """Store the spec of a new campaign, or check it equals the stored one (upgraded with the settings
+        added since it was stored).  Returns the campaign's :class:`~fw_screen.spec.CampaignSpec`."""
+        spec = as_spec(spec)
+        data = spec.to_dict()
+        name = spec.campaign
         try:
-            self.campaigns.insert_one({"_id": name, "spec": spec, "created": utcnow(), "next_seq": 0})
+            self.campaigns.insert_one({"_id": name, "spec": data, "created": utcnow(), "next_seq": 0})
             self.ensure_indexes()
             return spec
         except DuplicateKeyError:
-            stored = self.campaigns.find_one({"_id": name})["spec"]
-            if stored != spec:
-                changed = sorted(k for k in set(stored) | set(spec) if stored.get(k) != spec.get(k))
+            stored = upgrade(self.campaigns.find_one({"_id": name})["spec"])
+            if stored != data:
+                changed = sorted(k for k in set(stored) | set(data) if stored.get(k) != data.get(k))
                 raise StoreError(
                     f"campaign {name!r} already exists with a different spec (fields differ: "
                     f"{', '.join(changed)}); use a new campaign name, or the stored spec") from None
-            return stored
+            return as_spec(stored)
 
-    def campaign_spec(self, name: str) -> dict:
+    def campaign_spec(self, name: str) -> CampaignSpec:
+        """The campaign's spec as stored, with the settings added since (:func:`fw_screen.spec.upgrade`)."""
         doc = self.campaigns.find_one({"_id": name}, {"spec": 1})
         if doc is None:
             raise StoreError(f"unknown campaign {name!r}")
-        from fw_screen.spec import upgrade
-
-        return upgrade(doc["spec"])
+        return as_spec(doc["spec"])
 
     def campaign_names(self) -> list[str]:
         return sorted(d["_id"] for d in self.campaigns.find({}, {"_id": 1}))

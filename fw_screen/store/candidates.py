@@ -90,7 +90,12 @@ class Candidates:
         return {d["_id"]: d["n"] for d in self.candidates.aggregate(pipeline)}
 
     def top_candidates(self, campaign: str, n: int = 10) -> list[dict]:
-        """The ``n`` ML-done candidates lowest above the hull (an indexed sort would want ml.e_above_hull)."""
+        """The ``n`` ML-done-or-later candidates lowest above the ML hull, by ML e_above_hull alone (DFT results
+        play no part), as stored documents: the nested ``ml`` / ``dft_lite`` fields ``fw-screen status --top``
+        and the demo print (an indexed sort would want ml.e_above_hull).
+
+        Not the report's top candidates (:func:`fw_screen.reporting.report.top_rows`), which puts the DFT-done
+        ones first by DFT e_above_hull and returns flat hull-table rows."""
         fields = {"reduced_formula": 1, "spacegroup": 1, "nsites": 1, "ml.e_above_hull": 1,
                   "ml.band_gap.band_gap": 1, "ml.band_gap.model_error": 1, "ml.hits.band_gap": 1,
                   "ml.hull.decomposition": 1, "dft_lite.status": 1, "dft_lite.band_gap.band_gap": 1,

@@ -13,33 +13,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from fw_screen.spec import default_spec
+
 RY_TO_EV = 13.605693122994
 BOHR_TO_ANG = 0.529177210903
 
-#: Settings defaults (the spec's ``dft.qe`` section; every key may be null there).
-DEFAULTS: dict = {
-    "pw_cmd": None,
-    "mpi_cmd": None,
-    "pseudo_dir": None,
-    "ecutwfc": None,
-    "ecutrho": None,
-    "default_ecutwfc": 45.0,
-    "default_ecutrho": 360.0,
-    "kppa": 1000,
-    "nscf_kppa": 3000,
-    "smearing": "mv",
-    "degauss": 0.01,
-    "conv_thr_per_atom": 1e-9,
-    "mixing_beta": 0.5,
-    "electron_maxstep": 100,
-    "nstep": 100,
-    "press_conv_thr": 0.5,
-    "forc_conv_thr": 1e-3,
-    "max_errors": 5,
-    "molecule_box": 10.0,
-    "walltime_s": None,
-    "keep_scratch": False,  # keep <workdir>/tmp (wavefunctions, charge density) after the chain
-}
 DEFAULT_PW_CMD = "pw.x"
 DEFAULT_MPI_CMD = ""
 DEFAULT_PSEUDO_DIR = "/usr/share/espresso/pseudo"
@@ -68,16 +46,22 @@ class PseudoError(QEError):
 
 
 # --------------------------------------------------------------------------------------------- settings
+def defaults() -> dict:
+    """The default ``dft.qe`` settings, as plain data (from the default spec)."""
+    return default_spec().dft.qe.to_dict()
+
+
 def resolve_settings(qe_spec: dict | None = None, env: dict | None = None) -> dict:
     """Full settings from the spec's ``dft.qe`` section, the FWorker env and the environment.
 
     ``pw_cmd`` / ``mpi_cmd`` / ``pseudo_dir``: the spec value, else the FWorker ``env`` key of the same name,
     else $FW_SCREEN_PW_CMD / $FW_SCREEN_MPI_CMD / $ESPRESSO_PSEUDO, else ``pw.x``, ``""`` (serial) and
-    Debian's /usr/share/espresso/pseudo.  Every other key: the spec value unless null, else :data:`DEFAULTS`.
+    Debian's /usr/share/espresso/pseudo.  Every other key: the spec value unless null, else the default
+    spec's (``fw_screen/default_spec.yaml``, the one set of defaults).
     """
     qe_spec = dict(qe_spec or {})
     env = dict(env or {})
-    out = dict(DEFAULTS)
+    out = defaults()
     out.update({k: v for k, v in qe_spec.items() if v is not None})
     fallback = {"pw_cmd": DEFAULT_PW_CMD, "mpi_cmd": DEFAULT_MPI_CMD, "pseudo_dir": DEFAULT_PSEUDO_DIR}
     for key, default in fallback.items():
@@ -96,7 +80,7 @@ def full_settings(settings: dict | None) -> dict:
     settings = dict(settings or {})
     if all(k in settings and settings[k] is not None for k in ("pw_cmd", "pseudo_dir")) and \
             settings.get("mpi_cmd") is not None:
-        return {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+        return {**defaults(), **{k: v for k, v in settings.items() if v is not None}}
     return resolve_settings(settings)
 
 
