@@ -699,10 +699,10 @@ def cmd_recover(args) -> int:
 
 
 def cmd_ml(args) -> int:
-    from fw_screen.orchestration.fireworks import promote_to_ml
+    from fw_screen.orchestration.fireworks import add_ml_fireworks
 
     lp_file = resolve_launchpad(args.launchpad, args.home)
-    batches = promote_to_ml(open_launchpad(lp_file), _store(lp_file), args.campaign)
+    batches = add_ml_fireworks(open_launchpad(lp_file), _store(lp_file), args.campaign)
     print(f"added {len(batches)} ML Fireworks" if batches else "every novel candidate already has its ML Firework")
     return 0
 

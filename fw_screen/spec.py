@@ -254,7 +254,7 @@ class MLSettings(Section):
     model_dir: str | None = _setting(_text("expected a folder path or null", optional=True))
     fmax: float = _setting(_number(0), "eV/A")
     max_steps: int = _setting(_number(1, integer=True))
-    time_limit_s: float = _setting(_number(1), "per structure")
+    time_limit_s: float | None = _setting(_number(1, optional=True), "per structure; null: bounded by max_steps only")
     max_sites: int = _setting(_number(1, integer=True))
     batch_size: int = _setting(_number(1, integer=True), "candidates per ML Firework")
     stability_threshold: float = _setting(_number(0), "eV/atom: a stability hit is e_above_hull <= this")

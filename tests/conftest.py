@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-# One BLAS/OpenMP thread per process, as the worker supervisor gives every rlaunch it starts: the tests run
-# CHGNet, MEGNet and pymatgen in this process beside the database server, workers and pw.x on a 2-core
-# machine, and a thread pool per process there oversubscribes the cores (set before numpy/torch load).
+# One BLAS/OpenMP thread per process, as the worker supervisor gives every rlaunch it starts, so that the
+# potentials run here as they run in workers (set before numpy/torch load; a value in the environment wins).
+# On the 2-core machine the suite's wall time was the same either way (benchmarks/results/test_time.txt).
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from fw_screen import state as st
 from fw_screen.reporting.funnel import funnel_report
 from fw_screen.orchestration.supervisor import launch_workers
-from fw_screen.orchestration.fireworks import promote_to_ml
+from fw_screen.orchestration.fireworks import add_ml_fireworks
 
 from tests.conftest import fworker_file, novel_ml_rows
 
@@ -90,7 +90,7 @@ def test_novel_candidates_get_relaxed_hull_band_gap_and_hits(launchpad, launchpa
     assert y["vsun"] == stable and math.isclose(y["VSUN"], stable / y["n"])
     assert y["valid_band_gap_evaluated"] == 4
     # nothing left to promote, and the CLI prints the yields
-    assert promote_to_ml(launchpad, store, "test") == []
+    assert add_ml_fireworks(launchpad, store, "test") == []
     out = subprocess.run([str(Path(sys.executable).parent / "fw-screen"), "status", "-l", str(launchpad_file),
                           "-c", "test"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "VSUN" in out.stdout and "no reference 1" in out.stdout

@@ -95,6 +95,53 @@ def test_time_limit_stops_the_optimiser(chgnet):
     assert r["structure"] is not None and r["energy_total"] is not None
 
 
+def test_the_verdict_does_not_depend_on_machine_load(chgnet, monkeypatch):
+    """Issue 16.5: the default spec bounds a relaxation by its steps, never by the clock.  The same input is
+    relaxed on an idle machine, then under a CPU hog (two spinning processes on this 2-core machine) with a
+    clock that runs 10,000x fast (a node so loaded that every step takes hours): the same steps, energy and
+    status.  The clock limit an old campaign's spec may carry is still honoured, and is what load changes."""
+    import subprocess
+    import sys
+    import time
+
+    from fw_screen.spec import load_spec
+
+    ml = load_spec().ml
+    assert ml.time_limit_s is None
+    s = _nacl()
+    s.apply_strain(0.08)
+
+    def run(limit):
+        return stability.relax(s, chgnet, fmax=ml.fmax, max_steps=ml.max_steps, time_limit_s=limit)
+
+    idle = run(ml.time_limit_s)
+    assert idle["status"] == "converged" and idle["steps"] > 3
+    real = time.perf_counter
+    t_start = real()
+
+    class FastClock:  # the module's `time`, with a clock 10,000x fast from now on
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def perf_counter():
+            return t_start + (real() - t_start) * 1e4
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        monkeypatch.setattr(stability, "time", FastClock())
+        busy = run(ml.time_limit_s)
+        old_spec = run(300.0)  # the default before: a 300 s wall-clock limit
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    for key in ("status", "steps", "energy_total", "max_force", "spacegroup_final"):
+        assert busy[key] == idle[key], key
+    assert busy["seconds"] > 300  # by that clock the relaxation took longer than the old limit...
+    assert old_spec["status"] == "timeout"  # ...which would have made it a timeout on the loaded node
+
+
 def test_step_limit_is_not_converged(chgnet):
     s = _nacl()
     s.apply_strain(0.08)

@@ -342,7 +342,7 @@ def submit(launchpad, store, source: str | Path, spec: CampaignSpec, progress=No
     return summary, wf
 
 
-def promote_to_ml(launchpad, store, campaign: str, db_file: str | None = None) -> list[str]:
+def add_ml_fireworks(launchpad, store, campaign: str, db_file: str | None = None) -> list[str]:
     """Give novel candidates that have no ML batch yet (older campaigns, interrupted runs) ML Fireworks;
     first put back to ``novel`` the ``no_reference`` candidates that reference sets loaded since cover."""
     from fw_screen.stages import plan_ml_batches, requeue_covered
