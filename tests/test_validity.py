@@ -20,6 +20,7 @@ from fw_screen.science.validity import (
     CHECK_ORDER,
     bond_length_score,
     check_cif,
+    crystalnn_bonds,
     min_interatomic_distance,
     parse_structure,
     symmetry_orbits,
@@ -27,6 +28,9 @@ from fw_screen.science.validity import (
 
 DATA = Path(__file__).parent / "data"
 MP_CIFS = sorted((DATA / "mp").glob("*.cif"))
+GENERATIONS = Path(__file__).resolve().parent.parent / "examples" / "crystallm_pi_generated_8k.parquet"
+#: the naive loop's answers on the 8,000 generations (tests/data/README.md says how it was made)
+NAIVE_REFERENCE = DATA / "crystallm_pi_naive_validity.json.gz"
 SHARED_PARQUET = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "crystallm_pi"
                   / "generated_8k_bandgap_conditioned.parquet")
 
@@ -47,7 +51,8 @@ def generations() -> list[str]:
 # ------------------------------------------------------------------ CrystaLLM's metrics, re-implemented
 # Written for this test from the definitions in CrystaLLM (Antunes et al. 2024, crystallm/_metrics.py):
 # the plain loop over every site, no symmetry shortcut, no shared code with fw_screen.science.validity.
-def ref_bond_score(cif: str, tolerance: float = 0.32, h_factor: float = 2.5) -> float:
+def ref_bond_counts(cif: str, tolerance: float = 0.32, h_factor: float = 2.5) -> tuple[int, int]:
+    """(reasonable bonds, bonds) over every site: CrystaLLM's bond-length score is their ratio."""
     structure = Structure.from_str(cif, fmt="cif")
     nn = CrystalNN()
     good = total = 0
@@ -68,6 +73,11 @@ def ref_bond_score(cif: str, tolerance: float = 0.32, h_factor: float = 2.5) -> 
             else:
                 good += (1 - tolerance) < ratio < (1 + tolerance)
             total += 1
+    return good, total
+
+
+def ref_bond_score(cif: str, tolerance: float = 0.32, h_factor: float = 2.5) -> float:
+    good, total = ref_bond_counts(cif, tolerance, h_factor)
     return good / total          # ZeroDivisionError without bonds, as in CrystaLLM
 
 
@@ -388,6 +398,8 @@ def test_bond_score_symmetry_shortcut_equals_the_full_crystallm_loop(cfg, genera
         assert orbits is not None and sum(orbits.values()) == len(structure)
         score_sym, bonds_sym, _ = bond_length_score(structure, site_weights=orbits)
         score_all, bonds_all, _ = bond_length_score(structure)
+        score_live, bonds_live, _ = bond_length_score(structure, shared_voronoi=False)
+        assert (score_live, bonds_live) == (score_all, bonds_all)
         assert score_sym == pytest.approx(expected, abs=1e-12)
         assert score_all == pytest.approx(expected, abs=1e-12)
         assert bonds_sym == bonds_all
@@ -419,3 +431,98 @@ def test_valid_agrees_with_crystallm_on_300_generations(cfg):
     cifs = pd.read_parquet(SHARED_PARQUET)["Generated CIF"]
     mismatches = [i for i in range(0, 8000, 27) if check_cif(cifs[i], cfg).valid is not ref_is_valid(cifs[i])]
     assert mismatches == []
+
+
+# ------------------------------------- the shared Voronoi tessellation against CrystalNN, site by site
+def _bond_keys(bonds: list) -> list:
+    return sorted((n.index, tuple(int(x) for x in n.image)) for n in bonds)
+
+
+@pytest.fixture(scope="module")
+def all_generations() -> list[str]:
+    import pandas as pd
+
+    return list(pd.read_parquet(GENERATIONS)["Generated CIF"])
+
+
+def test_shared_voronoi_bonds_equal_crystalnn_site_by_site(all_generations):
+    """25 real generations, every site: the bonds from one shared tessellation + CrystalNN's weighting are
+    the bonds ``CrystalNN.get_nn_info`` gives (same neighbour, same periodic image), and the score equals
+    the naive loop's, live."""
+    compared = sites = 0
+    for row in range(0, 8000, 320):
+        try:
+            structure = parse_structure(all_generations[row])
+            good, total = ref_bond_counts(all_generations[row])
+        except Exception:
+            continue
+        if not structure.is_ordered or total == 0:
+            continue
+        fast = crystalnn_bonds(structure, range(len(structure)))
+        live = crystalnn_bonds(structure, range(len(structure)), shared_voronoi=False)
+        for i in range(len(structure)):
+            assert _bond_keys(fast[i]) == _bond_keys(live[i]), (row, i)
+        score, bonds, _ = bond_length_score(structure, site_weights=symmetry_orbits(structure))
+        assert (score, bonds) == (good / total, total), row
+        compared += 1
+        sites += len(structure)
+    assert compared >= 20 and sites >= 250
+
+
+def _reference_rows() -> list[dict]:
+    import gzip
+    import json
+
+    data = json.loads(gzip.decompress(NAIVE_REFERENCE.read_bytes()))
+    return [dict(zip(data["columns"], r)) for r in data["rows"]]
+
+
+def _compare_with_naive_reference(cfg, all_generations, stride: int) -> tuple[int, int]:
+    rows = [r for r in _reference_rows() if r["row"] % stride == 0]
+    scored = 0
+    differing = []
+    for ref in rows:
+        result = check_cif(all_generations[ref["row"]], cfg)
+        if result.valid is not ref["valid"]:
+            differing.append((ref["row"], "verdict", result.valid, ref["valid"]))
+        value = result.checks.get("bond_length", {}).get("value")
+        if value is None:
+            continue
+        if ref["bonds"]:
+            scored += 1
+            if (value["score"], value["bonds"]) != (ref["good"] / ref["bonds"], ref["bonds"]):
+                differing.append((ref["row"], "bond score", value, (ref["good"], ref["bonds"])))
+        elif ref["bonds"] == 0:            # the naive loop found no bond (and divides by zero): fw-screen scores 0
+            if (value["score"], value["bonds"]) != (0.0, 0):
+                differing.append((ref["row"], "bond score", value, ref["error"]))
+        elif result.checks["bond_length"]["passed"]:  # it raised (an element without a radius): a failure
+            differing.append((ref["row"], "bond check passed where the naive loop raised", ref["error"]))
+    assert differing == []
+    return len(rows), scored
+
+
+def test_verdicts_and_bond_scores_equal_the_naive_loop_on_2000_generations(cfg, all_generations):
+    """Every 4th of the 8,000 generations: fw-screen's verdict and bond score against the stored answers of
+    CrystaLLM's loop (CrystalNN for every site, then the space group; ``ref_bond_counts``/``ref_is_valid``)."""
+    compared, scored = _compare_with_naive_reference(cfg, all_generations, 4)
+    assert compared == 2000 and scored >= 1500
+
+
+@pytest.mark.slow
+def test_verdicts_and_bond_scores_equal_the_naive_loop_on_all_stored_generations(cfg, all_generations):
+    """Every generation the stored reference holds (the default test takes every 4th of them)."""
+    compared, scored = _compare_with_naive_reference(cfg, all_generations, 1)
+    assert compared == len(_reference_rows()) >= 2000
+
+
+def test_naive_reference_is_the_naive_loop(all_generations):
+    """The stored reference is what the naive loop in this file answers (a sample recomputed live)."""
+    rows = {r["row"]: r for r in _reference_rows()}
+    for row in range(0, 8000, 800):
+        ref = rows[row]
+        assert ref["valid"] is ref_is_valid(all_generations[row])
+        try:
+            counts = list(ref_bond_counts(all_generations[row]))
+        except Exception:
+            counts = [None, None]
+        assert counts == [ref["good"], ref["bonds"]]
