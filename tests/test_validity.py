@@ -16,11 +16,11 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from fw_screen.science.ingest import split_blocks
 from fw_screen.spec import load_spec
+from fw_screen.science.crystalnn import crystalnn_bonds
 from fw_screen.science.validity import (
     CHECK_ORDER,
     bond_length_score,
     check_cif,
-    crystalnn_bonds,
     min_interatomic_distance,
     parse_structure,
     symmetry_orbits,
