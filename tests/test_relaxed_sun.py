@@ -201,7 +201,7 @@ def test_planted_ordered_approximant_is_known_only_with_the_disordered_matcher(s
     gen = tmp_path / "gen"
     gen.mkdir()
     approximant = _rocksalt(["Li", "Li", "Co", "Co"])
-    approximant.perturb(0.04, 0.0)
+    approximant.perturb(0.04, 0.0, seed=0)  # seeded: 6 of 60 random draws make the cell invalid (space group)
     approximant.apply_strain([0.02, 0.0, -0.03])
     CifWriter(approximant, symprec=0.1).write_file(gen / "approximant.cif")
     verdict = {}
