@@ -63,7 +63,7 @@ def classes(row: dict) -> list[str]:
 def targets() -> list[float]:
     from fw_screen.spec import default_spec
 
-    table = next(c for c in default_spec()["conditions"] if c["name"] == "band_gap")["table"]
+    table = default_spec().condition("band_gap").table
     return sorted(float(v) for v in table.values())
 
 

@@ -117,9 +117,10 @@ def _campaign_name(value, where):
     return value
 
 
-def _setting(check: Check, doc: str = "") -> Any:
-    """A dataclass field checked by ``check`` on load (no default here: the YAML file holds the values)."""
-    return field(metadata={"check": check, "doc": doc})
+def _setting(check: Check) -> Any:
+    """A dataclass field checked by ``check`` on load (no default here, and no description: the YAML file
+    holds the values and says what each means)."""
+    return field(metadata={"check": check})
 
 
 def _section(kind: type) -> Any:
@@ -186,17 +187,17 @@ def _plain(value: Any) -> Any:
 
 @dataclass(eq=False, repr=False)
 class IngestSettings(Section):
-    cif_columns: list[str] = _setting(_names, "column holding the CIF text (first one present wins)")
+    cif_columns: list[str] = _setting(_names)
     condition_columns: list[str] = _setting(_names)
     id_columns: list[str] = _setting(_names)
     prompt_columns: list[str] = _setting(_names)
-    postprocess: bool = _setting(_flag, "CrystaLLM post-processing of raw generations")
-    max_cif_bytes: int = _setting(_number(1, integer=True), "larger inputs are recorded as invalid")
+    postprocess: bool = _setting(_flag)
+    max_cif_bytes: int = _setting(_number(1, integer=True))
 
 
 @dataclass(eq=False, repr=False)
 class ValiditySettings(Section):
-    required: list[str] = _setting(_checks, "checks that must all pass for status valid")
+    required: list[str] = _setting(_checks)
     symprec: float = _setting(_number(0))
     bond_tolerance: float = _setting(_number(0))
     h_bond_factor: float = _setting(_number(0))
@@ -250,23 +251,23 @@ def _conditions(value, where):
 
 @dataclass(eq=False, repr=False)
 class MLSettings(Section):
-    potential: str = _setting(_text("expected a potential name"), "chgnet | sevennet-0 | ... | m3gnet")
+    potential: str = _setting(_text("expected a potential name"))
     model_dir: str | None = _setting(_text("expected a folder path or null", optional=True))
-    fmax: float = _setting(_number(0), "eV/A")
+    fmax: float = _setting(_number(0))
     max_steps: int = _setting(_number(1, integer=True))
-    time_limit_s: float | None = _setting(_number(1, optional=True), "per structure; null: bounded by max_steps only")
+    time_limit_s: float | None = _setting(_number(1, optional=True))
     max_sites: int = _setting(_number(1, integer=True))
-    batch_size: int = _setting(_number(1, integer=True), "candidates per ML Firework")
-    stability_threshold: float = _setting(_number(0), "eV/atom: a stability hit is e_above_hull <= this")
+    batch_size: int = _setting(_number(1, integer=True))
+    stability_threshold: float = _setting(_number(0))
 
 
 @dataclass(eq=False, repr=False)
 class PropertySettings(Section):
     band_gap_model: str = _setting(_text("expected a model name or a folder path", show=False))
     band_gap_fidelity: int = _setting(_number(0, integer=True))
-    band_gap_tolerance: float = _setting(_number(0), "eV")
+    band_gap_tolerance: float = _setting(_number(0))
     widen_tolerance_by_model_error: bool = _setting(_flag)
-    method: str = _setting(_choice(PROPERTY_METHODS), "ml | dft_lite")
+    method: str = _setting(_choice(PROPERTY_METHODS))
     dft_lite_kppa: int = _setting(_number(1, integer=True))
     dft_lite_nscf_kppa: int = _setting(_number(1, integer=True))
     dft_lite_max_sites: int = _setting(_number(1, integer=True))
@@ -275,7 +276,7 @@ class PropertySettings(Section):
 @dataclass(eq=False, repr=False)
 class PromotionSettings(Section):
     auto: bool = _setting(_flag)
-    max_e_above_hull: float = _setting(_number(), "eV/atom")
+    max_e_above_hull: float = _setting(_number())
     require_target_hit: bool = _setting(_flag)
     require_converged: bool = _setting(_flag)
     max_sites: int = _setting(_number(1, integer=True))
@@ -290,7 +291,7 @@ class QESettings(Section):
     pw_cmd: str | None = _setting(_text("expected a string or null", optional=True))
     mpi_cmd: str | None = _setting(_text("expected a string or null", optional=True))
     pseudo_dir: str | None = _setting(_text("expected a string or null", optional=True))
-    ecutwfc: float | None = _setting(_number(1, optional=True), "Ry; null: the largest SSSP recommendation")
+    ecutwfc: float | None = _setting(_number(1, optional=True))
     ecutrho: float | None = _setting(_number(1, optional=True))
     default_ecutwfc: float = _setting(_number(0))
     default_ecutrho: float = _setting(_number(0))
@@ -307,7 +308,7 @@ class QESettings(Section):
     max_errors: int = _setting(_number(1, integer=True))
     molecule_box: float = _setting(_number(0))
     walltime_s: float | None = _setting(_number(1, optional=True))
-    keep_scratch: bool = _setting(_flag, "keep <workdir>/tmp (wavefunctions, charge density) after the chain")
+    keep_scratch: bool = _setting(_flag)
 
 
 @dataclass(eq=False, repr=False)
@@ -319,9 +320,9 @@ class VaspSettings(Section):
 @dataclass(eq=False, repr=False)
 class DFTSettings(Section):
     code: str = _setting(_choice(DFT_CODES, "qe or vasp"))
-    stability_threshold: float = _setting(_number(0), "eV/atom")
+    stability_threshold: float = _setting(_number(0))
     reference_max_sites: int = _setting(_number(1, integer=True))
-    reference_polymorph_tolerance: float = _setting(_number(0, 1), "eV/atom")
+    reference_polymorph_tolerance: float = _setting(_number(0, 1))
     qe: QESettings = _section(QESettings)
     vasp: VaspSettings = _section(VaspSettings)
 
@@ -337,8 +338,8 @@ class FireworksSettings(Section):
 class CampaignSpec(Section):
     """Every threshold and setting of one campaign (see ``fw_screen/default_spec.yaml`` for what each means)."""
     campaign: str = _setting(_campaign_name)
-    batch_size: int = _setting(_number(1, 100_000, integer=True), "candidates per cheap-stage Firework")
-    dedup_shards: int = _setting(_number(1, 1024, integer=True), "uniqueness Fireworks per campaign")
+    batch_size: int = _setting(_number(1, 100_000, integer=True))
+    dedup_shards: int = _setting(_number(1, 1024, integer=True))
     ingest: IngestSettings = _section(IngestSettings)
     validity: ValiditySettings = _section(ValiditySettings)
     uniqueness: UniquenessSettings = _section(UniquenessSettings)

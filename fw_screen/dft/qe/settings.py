@@ -46,9 +46,15 @@ class PseudoError(QEError):
 
 
 # --------------------------------------------------------------------------------------------- settings
-def defaults() -> dict:
-    """The default ``dft.qe`` settings, as plain data (from the default spec)."""
+@functools.lru_cache(maxsize=1)
+def _default_qe() -> dict:
     return default_spec().dft.qe.to_dict()
+
+
+def defaults() -> dict:
+    """The default ``dft.qe`` settings, as plain data (from the default spec, built once per process; a new
+    dict each call, its values are scalars)."""
+    return dict(_default_qe())
 
 
 def resolve_settings(qe_spec: dict | None = None, env: dict | None = None) -> dict:
