@@ -210,6 +210,7 @@ class ValiditySettings(Section):
     min_volume: float = _setting(_number(0))
     max_volume: float = _setting(_number(0))
     max_sites: int = _setting(_number(1, integer=True))
+    record_all_checks: bool = _setting(_flag)
 
 
 @dataclass(eq=False, repr=False)
@@ -259,6 +260,7 @@ class MLSettings(Section):
     max_sites: int = _setting(_number(1, integer=True))
     batch_size: int = _setting(_number(1, integer=True))
     stability_threshold: float = _setting(_number(0))
+    prescreen_e_hull: float | None = _setting(_number(optional=True))
 
 
 @dataclass(eq=False, repr=False)
@@ -388,7 +390,23 @@ def _merge(base: dict, override: Mapping, path: str = "") -> dict:
 def validate(spec: Mapping) -> CampaignSpec:
     """Check the type and range of every field of a complete spec (plain data or a :class:`CampaignSpec`)."""
     data = spec.to_dict() if isinstance(spec, Section) else spec
-    return CampaignSpec.from_dict(data)
+    out = CampaignSpec.from_dict(data)
+    _check_prescreen(out)
+    return out
+
+
+def _check_prescreen(spec: CampaignSpec) -> None:
+    """``ml.prescreen_e_hull`` may not skip a candidate that could have been ML-stable or promoted: when set
+    it is at least ``ml.stability_threshold`` and ``promotion.max_e_above_hull``."""
+    bound = spec.ml.prescreen_e_hull
+    if bound is None:
+        return
+    for name, value in (("ml.stability_threshold", spec.ml.stability_threshold),
+                        ("promotion.max_e_above_hull", spec.promotion.max_e_above_hull)):
+        if bound < value:
+            raise SpecError(f"ml.prescreen_e_hull: {bound!r} eV/atom is below {name}={value!r}: a candidate it "
+                            f"leaves unrelaxed could have been ML-stable or promoted (set it >= {value!r}, or "
+                            f"null to relax every candidate)")
 
 
 def as_spec(spec: Mapping) -> CampaignSpec:
@@ -400,10 +418,11 @@ def as_spec(spec: Mapping) -> CampaignSpec:
 #: where it is not the default (before the DFT-lite tier, promotion's target hit was the ML gap's); None: the
 #: default spec's value
 ADDED_SETTINGS = {"uniqueness.matcher": "ordered",
+                  "validity.record_all_checks": None,  # the default: the same verdicts, first failures, reasons
                   "property.method": "ml", "property.widen_tolerance_by_model_error": None,
                   "property.dft_lite_kppa": None, "property.dft_lite_nscf_kppa": None,
                   "property.dft_lite_max_sites": None,
-                  "dft.qe.keep_scratch": None}
+                  "dft.qe.keep_scratch": None, "ml.prescreen_e_hull": None}
 
 
 def upgrade(spec: dict) -> dict:

@@ -271,19 +271,25 @@ def test_first_failure_is_the_first_failing_required_check_in_order(cfg):
     cif = cif_of(rocksalt(3.0))
     cif = sub(r"^data_NaCl$", "data_Na2Cl", cif)
     cif = sub(r"^(_symmetry_space_group_name_H-M\s+)Fm-3m$", r"\1Pm-3m", cif)
-    result = check_cif(cif, cfg)
+    every = load_spec(validity={"record_all_checks": True})["validity"]
+    result = check_cif(cif, every)
     failing = [n for n in CHECK_ORDER if result.checks.get(n, {}).get("passed") is False]
     assert failing == ["formula_consistent", "bond_length", "space_group"]
     assert result.first_failure == "formula_consistent"
+    default = check_cif(cif, cfg)             # record_all_checks: false, the default
+    assert [n for n in CHECK_ORDER if default.checks.get(n, {}).get("passed") is False] == ["formula_consistent"]
+    assert (default.valid, default.first_failure, default.reason) == (result.valid, result.first_failure,
+                                                                      result.reason)
     expect = {("sensible", "multiplicity_consistent", "bond_length", "space_group"): "bond_length",
               ("space_group", "sensible"): "space_group",
               ("sensible", "multiplicity_consistent"): None}
     for required, first in expect.items():
-        spec = load_spec(validity={"required": list(required)})["validity"]
-        result = check_cif(cif, spec)
-        assert result.first_failure == first and result.valid is (first is None)
-        if first:
-            assert result.reason == result.checks[first]["reason"]
+        for record_all in (False, True):
+            spec = load_spec(validity={"required": list(required), "record_all_checks": record_all})["validity"]
+            result = check_cif(cif, spec)
+            assert result.first_failure == first and result.valid is (first is None)
+            if first:
+                assert result.reason == result.checks[first]["reason"]
 
 
 def test_smact_counts_only_when_required(cfg):

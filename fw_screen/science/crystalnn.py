@@ -3,12 +3,13 @@
 pymatgen's ``CrystalNN.get_nn_info`` builds one Voronoi tessellation per site (``VoronoiNN``), which was 63 %
 of the validity stage.  :func:`crystalnn_bonds` gives its answer for a set of sites (the symmetry-orbit
 representatives :mod:`fw_screen.science.validity` asks for) from one tessellation of the atoms within
-CrystalNN's 7 Angstrom of any of them (:func:`shared_voronoi_faces`).  A site's cell from it is used only where
-every vertex lies within half that radius of the site, so every atom that could cut the cell is inside
-CrystalNN's own sphere and both tessellations give the same cell; a cell that reaches further is tessellated
-alone from exactly the atoms of CrystalNN's first sphere; open cells, atoms on top of each other, weights the
-copy cannot reproduce and species with oxidation states go to ``CrystalNN.get_nn_info`` itself.  CrystalNN
-takes no precomputed faces, so its weighting is repeated in :func:`_crystalnn_choice` for pymatgen's defaults.
+:data:`SHARED_RADIUS` (6 Angstrom) of any of them (:func:`shared_voronoi_faces`).  A site's cell from it is
+used only where it is provably the cell of CrystalNN's own 7 Angstrom sphere: every face of it belongs to an
+atom of that sphere, and every atom of the sphere left out lies farther from each vertex of the cell than
+the site does; a cell failing either is tessellated alone from exactly the atoms of CrystalNN's first
+sphere; open cells, atoms on top of each other, weights the copy cannot reproduce and species with
+oxidation states go to ``CrystalNN.get_nn_info`` itself.  CrystalNN takes no precomputed faces, so its
+weighting is repeated in :func:`_crystalnn_choice` for pymatgen's defaults.
 tests/test_validity.py compares the result with ``CrystalNN.get_nn_info`` site by site, and the verdicts and
 bond scores with CrystaLLM's every-site loop on 2,000 real generations (0 differences).
 """
@@ -145,15 +146,25 @@ def _fan_solid_angles_and_volumes(center, a, b, c) -> tuple[np.ndarray, np.ndarr
     return angle, volume
 
 
-def shared_voronoi_faces(structure: Structure, centers, cutoff: float, own_sphere: bool = False) -> dict[int, list | None]:
+#: Angstrom: the shared tessellation holds the atoms within this distance of any centre (CrystalNN's sphere
+#: is 7 A); a cell from it is used only where the atoms of CrystalNN's sphere left out provably do not cut it
+SHARED_RADIUS = 6.0
+
+
+def shared_voronoi_faces(structure: Structure, centers, cutoff: float, own_sphere: bool = False,
+                         shared_radius: float | None = None) -> dict[int, list | None]:
     """{site index: its Voronoi faces, or None}: the cells of all ``centers`` from ONE tessellation.
 
-    CrystalNN tessellates, for every site, the atoms within ``cutoff`` (7 A) of it.  Here the atoms within
-    ``cutoff`` of any centre are tessellated once.  A site's cell is the same in both whenever every vertex
-    of it lies within ``cutoff / 2`` of the site: all atoms that could cut such a cell are within ``cutoff``,
-    so both point sets hold them all.  Cells reaching further (or open, or a structure with atoms on top of
-    each other) give None: CrystalNN itself decides those sites, growing its sphere as it does.  Each face
-    is ``(solid_angle, area, neighbour coords, neighbour specie, (index, image))`` as ``VoronoiNN`` computes
+    CrystalNN tessellates, for every site, the atoms within ``cutoff`` (7 A) of it (its sphere ``P``; its
+    membership is decided here by the same ``get_points_in_sphere`` call).  Here the atoms within
+    ``shared_radius`` (default :data:`SHARED_RADIUS`) of any centre (``S``) are tessellated once.  The site's
+    cell ``C`` from ``S`` is its cell from ``P`` when (1) every face of ``C`` belongs to an atom of ``P``, and
+    (2) every atom of ``P`` missing from ``S`` is farther from every vertex of ``C`` than the site (by 1e-6
+    A^2, so not even a face of zero size): by (2) adding those atoms leaves ``C`` as it is, and then by (1)
+    the halfspaces of the atoms outside ``P`` are all redundant, so dropping them leaves it too.
+    Cells failing either (or open, or a structure with atoms on top of each other) give None: CrystalNN's
+    own sphere decides those sites (``own_sphere``, or ``CrystalNN`` itself, growing its sphere as it does).
+    Each face is ``(solid_angle, area, neighbour coords, neighbour specie, (index, image))`` as ``VoronoiNN`` computes
     them (solid angle and area from the triangle fan of the face, as pymatgen's ``solid_angle`` and
     ``vol_tetra`` do, vectorised).
 
@@ -166,7 +177,7 @@ def shared_voronoi_faces(structure: Structure, centers, cutoff: float, own_spher
     lattice = structure.lattice
     frac = structure.frac_coords
     centers = list(centers)
-    rows = []
+    rows, dists = [], []
     for c in centers:
         _, dist, index, image = lattice.get_points_in_sphere(frac, structure[c].coords, cutoff, zip_results=False)
         image = np.rint(np.asarray(image, dtype=float)).astype(np.int64)
@@ -176,13 +187,17 @@ def shared_voronoi_faces(structure: Structure, centers, cutoff: float, own_spher
             return dict.fromkeys(centers)             # atoms (nearly) on top of each other: CrystalNN decides
         order = np.argsort(np.asarray(dist), kind="stable")
         rows.append(np.column_stack([index, image])[order])
+        dists.append(np.asarray(dist)[order])
+    spheres = {c: set(map(tuple, r.tolist())) for c, r in zip(centers, rows)}   # CrystalNN's first sphere
     if own_sphere:
         assert len(centers) == 1, "own_sphere tessellates one centre's sphere"
         keys = rows[0]
         points = frac[keys[:, 0]] + keys[:, 1:]
         cart = np.array([lattice.get_cartesian_coords(f) for f in points])   # as PeriodicNeighbor.coords
     else:
-        keys = np.unique(np.concatenate(rows), axis=0)
+        radius = min(SHARED_RADIUS if shared_radius is None else shared_radius, cutoff)
+        near = [r[d <= radius] for r, d in zip(rows, dists)]
+        keys = np.unique(np.concatenate(near), axis=0)
         points = frac[keys[:, 0]] + keys[:, 1:]
         cart = lattice.get_cartesian_coords(points)
     try:
@@ -194,7 +209,7 @@ def shared_voronoi_faces(structure: Structure, centers, cutoff: float, own_spher
     vertices = voro.vertices
     species = structure.species
     out: dict[int, list | None] = {}
-    for c in centers:
+    for n, c in enumerate(centers):
         p = position[(c, 0, 0, 0)]
         center = lattice.get_cartesian_coords(points[p])
         ridges = np.flatnonzero((ridge_points == p).any(axis=1)).tolist()
@@ -209,8 +224,9 @@ def shared_voronoi_faces(structure: Structure, centers, cutoff: float, own_spher
         else:
             if ridges and fans:
                 fan = np.asarray(fans, dtype=np.int64)
-                used = np.unique(fan[:, 1:])
-                if own_sphere or 2 * np.sqrt(((vertices[used] - center) ** 2).sum(axis=1)).max() < cutoff - 1e-6:
+                if own_sphere or (all(tuple(keys[o].tolist()) in spheres[c] for o in others)
+                                  and _left_out_do_not_cut(lattice, frac, rows[n], position, center,
+                                                           vertices[np.unique(fan[:, 1:])])):
                     angle, volume = _fan_solid_angles_and_volumes(center, vertices[fan[:, 1]], vertices[fan[:, 2]],
                                                                   vertices[fan[:, 3]])
                     angles = np.bincount(fan[:, 0], weights=angle, minlength=len(others))
@@ -224,6 +240,20 @@ def shared_voronoi_faces(structure: Structure, centers, cutoff: float, own_spher
                     continue
         out[c] = None                                 # open, or reaching atoms outside CrystalNN's sphere
     return out
+
+
+def _left_out_do_not_cut(lattice, frac, sphere, position: dict, center, cell_vertices) -> bool:
+    """True where no atom of CrystalNN's sphere (``sphere``: index and image rows) missing from the shared
+    tessellation (``position``) cuts the cell: every vertex of the cell is nearer the centre than the atom,
+    by a margin (a tie would be a face of zero size in CrystalNN's own tessellation)."""
+    missing = [k for k in sphere.tolist() if tuple(k) not in position]
+    if not missing:
+        return True
+    missing = np.asarray(missing, dtype=np.int64)
+    atoms = lattice.get_cartesian_coords(frac[missing[:, 0]] + missing[:, 1:])
+    to_centre = ((cell_vertices - center) ** 2).sum(axis=1)
+    to_atoms = ((cell_vertices[:, None, :] - atoms[None, :, :]) ** 2).sum(axis=2)
+    return bool((to_atoms - to_centre[:, None] > 1e-6).all())
 
 
 def crystalnn_bonds(structure: Structure, centers, shared_voronoi: bool = True) -> dict[int, list]:

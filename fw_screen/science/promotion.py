@@ -38,6 +38,8 @@ def check(doc: dict, rules: dict) -> tuple[bool, list[str]]:
     """(eligible, reasons): the reasons it is not, or the rules it passed when it is."""
     ml = doc.get("ml") or {}
     passed, failed = [], []
+    if (ml.get("relax") or {}).get("status") == "skipped":  # the pre-screen left it unrelaxed (ml.prescreen_e_hull)
+        failed.append("not relaxed (ML pre-screen: unrelaxed e_above_hull above ml.prescreen_e_hull)")
     after = relaxed_reason(doc)
     if after:
         failed.append(after)

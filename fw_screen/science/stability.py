@@ -6,7 +6,9 @@ The protocol is Matbench Discovery's (Riebesell et al., 2025):
    ``ase.filters.FrechetCellFilter`` (cell and positions together), until every force and the filter's
    stress components are below ``fmax`` = 0.05 eV/Angstrom, at most 500 steps.  The single-point energy
    of the *unrelaxed* structure is recorded too: generative-model papers (CrystaLLM among them) often
-   report hull distances of the structure as generated.
+   report hull distances of the structure as generated.  With a pre-screen bound (``ml.prescreen_e_hull``)
+   that single point comes first (:func:`single_point`), and a candidate whose unrelaxed hull distance is
+   above the bound is not relaxed (:func:`prescreen_reason`).
 2. **Place the energy on the MP scale** (:func:`ml_entry`): the reference hull is built from Materials
    Project GGA/GGA+U entries with MP2020 corrections.  Models trained on MP2020-corrected energies
    (CHGNet 0.3.0) give a plain entry; models predicting raw GGA/GGA+U energies (SevenNet, M3GNet) get the
@@ -96,6 +98,75 @@ def _exploded(atoms, v0: float, max_volume_factor: float = MAX_VOLUME_FACTOR) ->
     return None
 
 
+def _finisher(out: dict, t0: float):
+    """``done(status, reason)``: record the outcome and the seconds since ``t0`` in ``out`` and return it."""
+    def done(status: str, reason: str | None = None) -> dict:
+        out["status"], out["reason"] = status, reason
+        out["seconds"] = round(time.perf_counter() - t0, 4)
+        return out
+
+    return done
+
+
+def _input_atoms(structure: Structure):
+    """(ASE atoms of ``structure`` with plain elements, their species, None), or (None, None, (status,
+    reason)) when the input cannot be computed (zero/non-finite volume, atoms closer than 0.5 Angstrom)."""
+    species = [site.specie.element if hasattr(site.specie, "element") else site.specie for site in structure]
+    atoms = AseAtomsAdaptor.get_atoms(Structure(structure.lattice, species, structure.frac_coords))
+    v0 = atoms.get_volume()
+    if not (v0 > 0 and math.isfinite(v0)):
+        return None, None, ("error", f"cell volume {v0}")
+    dmin = _min_distance(atoms)
+    if dmin is not None:
+        return None, None, ("exploded", f"atoms {dmin:.3f} A apart in the input (< {MIN_DISTANCE_EXPLODED} A)")
+    return atoms, species, None
+
+
+def single_point(structure: Structure, calculator) -> dict:
+    """The potential's energy of ``structure`` as it is (no relaxation): the same number :func:`relax`
+    records as ``unrelaxed_energy_total`` (the same atoms, the same calculator).  Never raises.
+
+    Returns ``status`` ("ok", "exploded" or "error"), ``reason``, ``energy_total`` / ``energy_per_atom``
+    (eV; None unless ok), ``max_force`` (eV/Angstrom), ``n_sites``, ``seconds``.
+    """
+    t0 = time.perf_counter()
+    out = {"status": "error", "reason": None, "energy_total": None, "energy_per_atom": None, "max_force": None,
+           "n_sites": len(structure), "seconds": None}
+
+    done = _finisher(out, t0)
+
+    try:
+        if not structure.is_ordered:
+            return done("error", "disordered structure (partial occupancies)")
+        atoms, _, problem = _input_atoms(structure)
+        if problem:
+            return done(*problem)
+        atoms.calc = calculator
+        why = _exploded(atoms, atoms.get_volume())
+        if why:
+            return done("exploded", f"input: {why}")
+        e0 = float(atoms.get_potential_energy())
+        out["energy_total"], out["energy_per_atom"] = e0, e0 / len(atoms)
+        out["max_force"] = float(np.linalg.norm(atoms.get_forces(), axis=1).max()) if len(atoms) else 0.0
+        return done("ok")
+    except Exception as exc:
+        return done("error", f"{type(exc).__name__}: {exc}"[:500])
+
+
+def prescreen_reason(e_above_hull_unrelaxed: float | None, bound: float | None) -> str | None:
+    """Why a candidate need not be relaxed (``ml.prescreen_e_hull``), or None: relax it.
+
+    Relaxing lowers the energy, so the unrelaxed hull distance is an upper bound of the relaxed one; a
+    candidate is passed over only when that bound is known and above ``bound`` (which the spec keeps at or
+    above the stability and promotion thresholds)."""
+    if bound is None or e_above_hull_unrelaxed is None or not math.isfinite(e_above_hull_unrelaxed):
+        return None
+    if e_above_hull_unrelaxed > bound:
+        return (f"prescreen: unrelaxed e_above_hull {e_above_hull_unrelaxed:.3f} > ml.prescreen_e_hull={bound:g} "
+                f"eV/atom (not relaxed)")
+    return None
+
+
 def relax(structure: Structure, calculator, fmax: float = 0.05, max_steps: int = 500,
           time_limit_s: float | None = None, symprec: float = 0.1) -> dict:
     """Relax ``structure`` (cell and positions) with an ASE ``calculator``; never raises for a bad structure.
@@ -119,24 +190,17 @@ def relax(structure: Structure, calculator, fmax: float = 0.05, max_steps: int =
            "spacegroup_final": None, "spacegroup_number_final": None, "structure": None,
            "n_sites": len(structure), "seconds": None}
 
-    def done(status: str, reason: str | None = None) -> dict:
-        out["status"], out["reason"] = status, reason
-        out["seconds"] = round(time.perf_counter() - t0, 4)
-        return out
+    done = _finisher(out, t0)
 
     try:
         if not structure.is_ordered:
             return done("error", "disordered structure (partial occupancies): cannot be relaxed")
-        species = [site.specie.element if hasattr(site.specie, "element") else site.specie for site in structure]
         out["spacegroup_initial"], out["spacegroup_number_initial"] = _space_group(structure, symprec)
-        atoms = AseAtomsAdaptor.get_atoms(Structure(structure.lattice, species, structure.frac_coords))
+        atoms, species, problem = _input_atoms(structure)
+        if problem:
+            return done(*problem)
         n = len(atoms)
         v0 = atoms.get_volume()
-        if not (v0 > 0 and math.isfinite(v0)):
-            return done("error", f"cell volume {v0}")
-        dmin = _min_distance(atoms)
-        if dmin is not None:
-            return done("exploded", f"atoms {dmin:.3f} A apart in the input (< {MIN_DISTANCE_EXPLODED} A)")
         atoms.calc = calculator
 
         e0 = float(atoms.get_potential_energy())

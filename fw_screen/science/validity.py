@@ -14,12 +14,16 @@ CrystaLLM's definition of a valid generation (Antunes et al., ``crystallm/_metri
 
 Stored alongside, as DiffCSP/MatterGen report them: ``smact`` (charge-neutral composition),
 ``min_distance`` (>= 0.5 Angstrom), ``volume`` (> 0.1 Angstrom^3), and ``ordered`` (no partial occupancy).
-:func:`check_cif` runs every check it can, so the record shows all failure modes, and names the first
-failing one of the required checks.  No database, no FireWorks: text in, :class:`ValidityResult` out.
+:func:`check_cif` names the first failing one of the required checks.  With ``validity.record_all_checks``
+it runs every check it can, so the record shows all failure modes; without (the default), the bond-length
+and space-group checks are not run on an input an earlier required check has already failed (the verdict,
+first failure and reason are the same; the stored-only checks always run).  No database, no FireWorks: text
+in, :class:`ValidityResult` out.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import warnings
@@ -62,8 +66,93 @@ class ValidityResult:
                 "checks": self.checks}
 
 
-def _block(cif: str) -> dict:
-    parser = CifParser.from_str(cif)
+class _CifParser(CifParser):
+    """pymatgen's CifParser with its site expansion (``_unique_coords``) computed the same way, faster.
+
+    pymatgen applies every symmetry operator to every atom-site row and keeps an image unless it lies within
+    ``site_tolerance`` of a kept one, searching its list with ``in_coord_list_pbc`` once per image (a list
+    converted to an array each time: 45 % of the parse of a generated CIF).  Here the images of one row are
+    compared with the kept sites and with each other in one array operation, by the same element-wise
+    arithmetic (``kept - image``, minus its rounding, ``abs < atol`` on all three axes), and kept in the same
+    order: the same sites, bit for bit.  The rows themselves are looked up among the earlier ones (pymatgen's
+    ``get_matching_coord``) by the same test without its per-call copies (:func:`_find_in_coord_list_pbc`).
+    ``tests/test_validity_record_all.py`` compares the structures and blocks with pymatgen's, bit for bit, on
+    160 real generations, as generated and post-processed (0 differences).  Magnetic CIFs (never read here)
+    take pymatgen's own path.
+    """
+
+    def _unique_coords(self, coords, magmoms=None, lattice=None, labels=None):
+        if magmoms or self.feature_flags.get("magcif"):
+            return super()._unique_coords(coords, magmoms=magmoms, lattice=lattice, labels=labels)
+        from pymatgen.electronic_structure.core import Magmom
+
+        labels = labels or {}
+        atol = self._site_tolerance
+        matrices = [op.affine_matrix for op in self.symmetry_operations]
+        kept = np.empty((len(coords) * len(matrices), 3))
+        coords_out: list = []
+        labels_out: list = []
+        for tmp in coords:
+            point = np.append(tmp, 1.0)                          # SymmOp.operate, operator by operator
+            new = np.array([np.dot(m, point)[:3] for m in matrices]).reshape(-1, 3)
+            if not np.isfinite(new).all():                       # pymatgen's math.floor raises: let it
+                return super()._unique_coords(coords, labels=labels)
+            new = new - (np.floor(new) + 0.0)                    # x - math.floor(x), -0.0 kept as -0.0
+            images = list(new)
+            n = len(coords_out)
+            if n:
+                d = kept[None, :n, :] - new[:, None, :]          # kept - image, as find_in_coord_list_pbc
+                d -= np.round(d)
+                seen = (np.abs(d) < atol).all(axis=2).any(axis=1)
+            else:
+                seen = np.zeros(len(new), dtype=bool)
+            d = new[None, :, :] - new[:, None, :]                # d[j, i]: image i (kept first) - image j
+            d -= np.round(d)
+            same = (np.abs(d) < atol).all(axis=2)
+            accepted: list[int] = []
+            for j in range(len(new)):
+                if seen[j] or (accepted and same[j, accepted].any()):
+                    continue
+                accepted.append(j)
+                kept[len(coords_out)] = new[j]
+                coords_out.append(images[j])
+                labels_out.append(labels.get(tmp, "no_label"))
+        return coords_out, [Magmom(0)] * len(coords_out), labels_out
+
+    def _get_structure(self, *args, **kwargs):
+        # pymatgen looks each atom-site row up among the earlier ones with find_in_coord_list_pbc, once per
+        # operator (a closure inside _get_structure, nothing to override); during the parse that module name
+        # resolves to the same test without its per-call copies (an equal answer whoever else calls it)
+        import pymatgen.io.cif as cif_module
+
+        original, cif_module.find_in_coord_list_pbc = cif_module.find_in_coord_list_pbc, _find_in_coord_list_pbc
+        try:
+            return super()._get_structure(*args, **kwargs)
+        finally:
+            cif_module.find_in_coord_list_pbc = original
+
+
+def _find_in_coord_list_pbc(frac_coord_list, frac_coord, atol: float = 1e-8, pbc=(True, True, True)) -> np.ndarray:
+    """``pymatgen.util.coord.find_in_coord_list_pbc`` (periodic in all three axes), the same element-wise
+    arithmetic without ``np.tile`` and the boolean column selection."""
+    from pymatgen.util.coord import find_in_coord_list_pbc
+
+    if len(frac_coord_list) == 0 or tuple(pbc) != (True, True, True):
+        return find_in_coord_list_pbc(frac_coord_list, frac_coord, atol=atol, pbc=pbc)
+    frac_dist = np.asarray(frac_coord_list) - np.asarray(frac_coord)
+    frac_dist -= np.round(frac_dist)
+    return np.flatnonzero((np.abs(frac_dist) < atol).all(axis=1))
+
+
+def _parser(cif: str) -> CifParser:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _CifParser.from_str(cif)
+
+
+def _block(cif: str | CifParser) -> dict:
+    """The first data block of a CIF (text, or its parser) as a dict."""
+    parser = _parser(cif) if isinstance(cif, str) else cif
     data = parser.as_dict()
     if not data:
         raise ValueError("no data_ block")
@@ -213,7 +302,10 @@ def check_multiplicity(block: dict) -> tuple[bool, str | None, dict]:
         "multiplicities": actual, "formula_sum": expected}
 
 
+@functools.lru_cache(maxsize=4096)
 def _expected_bond_length(a, b) -> float | None:
+    """CrystaLLM's expected length of an ``a``-``b`` bond (Angstrom), or None without a radius; a pure
+    function of the two elements, so computed once per pair."""
     if abs(a.X - b.X) >= 1.7:  # nan (noble gases) compares False: atomic radii, as CrystaLLM does
         cation, anion = (a, b) if a.X < b.X else (b, a)
         return float(cation.average_cationic_radius + anion.average_anionic_radius)
@@ -321,41 +413,81 @@ def _run(result: ValidityResult, name: str, fn, *args) -> None:
     result.record(name, passed, reason, value or None)
 
 
-def _density(structure: Structure) -> float | None:
-    """g/cm^3, or None for a degenerate cell (a 1e-320 A edge: the volume in cm^3 underflows to 0)."""
+@functools.lru_cache(maxsize=1)
+def _density_units() -> tuple[float, float]:
+    """(g per amu, cm^3 per A^3) as pymatgen's ``Structure.density`` converts them."""
+    from pymatgen.core.units import Length, Mass
+
+    return float(Mass(1, "amu").to("g")), float(Length(1, "ang").to("cm") ** 3)
+
+
+def _density(structure: Structure, composition: Composition | None = None) -> float | None:
+    """g/cm^3, or None for a degenerate cell (a 1e-320 A edge: the volume in cm^3 underflows to 0).
+
+    ``Structure.density``'s arithmetic (mass in amu times the amu-to-g factor, over the volume times the
+    A^3-to-cm^3 factor), with the structure's composition passed in when it is at hand."""
+    g_per_amu, cm3_per_a3 = _density_units()
     try:
-        density = float(structure.density) if structure.volume > 0 else None
+        volume = structure.volume
+        weight = float((composition or structure.composition).weight)
+        density = weight * g_per_amu / (volume * cm3_per_a3) if volume > 0 else None
     except (ZeroDivisionError, OverflowError, ValueError):
         return None
     return density if density is not None and math.isfinite(density) else None
 
 
-def parse_structure(cif: str) -> Structure:
+def parse_structure(cif: str, parser: CifParser | None = None) -> Structure:
     """The CIF's structure (pymatgen's CifParser: text is read as numbers and symmetry strings by regular
-    expressions, never evaluated; magnetic CIFs, whose setting pymatgen evaluates with sympy, are refused)."""
+    expressions, never evaluated; magnetic CIFs, whose setting pymatgen evaluates with sympy, are refused).
+    ``parser``: the parser of this very text, if one was made already (its sites are expanded by
+    :class:`_CifParser`, pymatgen's answer)."""
     magnetic = _MAGNETIC.search(cif)
     if magnetic:
         raise ValueError(f"magnetic CIF data name {magnetic.group(0)!r}: magnetic CIFs are not read")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        parser = CifParser.from_str(cif)
+        parser = parser or _CifParser.from_str(cif)
         structures = parser.parse_structures(primitive=False, on_error="raise", check_occu=False)
     if not structures:
         raise ValueError("no structure in CIF")
     return structures[0]
 
 
+def _failed_before(result: ValidityResult, required: list[str], name: str) -> str | None:
+    """The required check (or ``parse``) before ``name`` in :data:`CHECK_ORDER` that has failed, else None:
+    where there is one, ``name`` cannot change the verdict, the first failure or its reason."""
+    for earlier in CHECK_ORDER[:CHECK_ORDER.index(name)]:
+        if (earlier == "parse" or earlier in required) and result.checks.get(earlier, {}).get("passed") is False:
+            return earlier
+    return None
+
+
+def _not_run(result: ValidityResult, required: list[str], name: str, record_all: bool) -> bool:
+    """With ``record_all`` False, record ``name`` as not run when an earlier required check decided the
+    verdict already (True: skip it)."""
+    first = None if record_all else _failed_before(result, required, name)
+    if first:
+        result.record(name, None, f"not run: {first} failed first")
+    return bool(first)
+
+
 def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> ValidityResult:
-    """Run every validity check on one processed CIF; ``cfg`` is the spec's ``validity`` section."""
+    """Run the validity checks on one processed CIF; ``cfg`` is the spec's ``validity`` section.
+
+    ``cfg["record_all_checks"]`` (missing: True, as before the setting existed): every check runs; False: the
+    expensive required checks (``bond_length``, ``space_group``) are not run once a required check before
+    them has failed (recorded as ``passed: None``, "not run: ... failed first"); the verdict, first failure
+    and reason are the same either way, and the cheap stored-only checks are always run.
+    """
     result = ValidityResult()
     required = list(cfg["required"])
+    record_all = bool(cfg.get("record_all_checks", True))
     if not cif or not cif.strip():
         result.record("parse", False, "empty input")
         return _conclude(result, required)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            block = _block(cif)
+        parser = _parser(cif)
+        block = _block(parser)
     except Exception as exc:
         result.record("parse", False, loop_problem(cif) or f"CIF parser: {type(exc).__name__}: {exc}")
         return _conclude(result, required)
@@ -381,7 +513,7 @@ def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> Val
         return _conclude(result, required)
 
     try:
-        structure = parse_structure(cif)
+        structure = parse_structure(cif, parser)
         if len(structure) == 0:
             raise ValueError("zero atoms")
         unknown = _unknown_symbols(structure.composition)
@@ -406,7 +538,7 @@ def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> Val
         "elements": sorted({el.symbol for el in comp.elements}),
         "nsites": len(structure),
         "volume": float(structure.volume),
-        "density": _density(structure),
+        "density": _density(structure, comp),
         "spacegroup_declared": declared.strip() if isinstance(declared, str) else None,
     }
 
@@ -437,7 +569,7 @@ def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> Val
 
     if not structure.is_ordered:
         result.record("bond_length", False, "partial occupancies: bonds need ordered sites")
-    else:
+    elif not _not_run(result, required, "bond_length", record_all):
         def _bonds():
             weights = symmetry_orbits(structure) if symmetry_shortcut else None
             score, nbonds, problems = bond_length_score(structure, cfg["bond_tolerance"], cfg["h_bond_factor"],
@@ -446,7 +578,9 @@ def check_cif(cif: str | None, cfg: dict, symmetry_shortcut: bool = True) -> Val
             reason = None if passed else f"bond-length score {score:.3f} < {cfg['min_bond_score']}: " + "; ".join(problems)
             return passed, reason, {"score": score, "bonds": nbonds}
         _run(result, "bond_length", _bonds)
-    _run(result, "space_group", check_space_group, structure, result.info["spacegroup_declared"], cfg["symprec"])
+    if not _not_run(result, required, "space_group", record_all):
+        _run(result, "space_group", check_space_group, structure, result.info["spacegroup_declared"],
+             cfg["symprec"])
     sg = result.checks["space_group"].get("value") or {}
     result.info["spacegroup"] = sg.get("detected")
     result.info["spacegroup_number"] = sg.get("detected_number")

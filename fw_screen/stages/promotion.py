@@ -32,6 +32,8 @@ def run_promotion(store: ResultsStore, campaign: str) -> dict:
         if spec.dft.code != "qe":
             return True, "DFT hull against MP entries (VASP path)"
         full = next(store.candidates_for({"_id": doc["_id"]}, {"ml.structure_relaxed": 1}, sort=None))
+        if not (full.get("ml") or {}).get("structure_relaxed"):  # left unrelaxed by the pre-screen
+            return False, "no ML-relaxed structure to compute DFT reference phases for"
         structure = Structure.from_dict(full["ml"]["structure_relaxed"])
         key = structure.composition.reduced_formula
         if key not in checked:

@@ -41,7 +41,16 @@ def relaxed_verdict(generated: Structure, relaxed: Structure, spec: CampaignSpec
 #: what the post-relaxation pass reads of each relaxed candidate
 _RELAXED_FIELDS = {"ml.match_key_relaxed": 1, "ml.relaxed_match_error": 1, "ml.relaxed_sets": 1, "ml.e_above_hull": 1, "ml.duplicate_of_relaxed": 1,
                    "ml.matched_reference_relaxed": 1, "ml.e_above_hull_self_consistent": 1, "ml.hull.energy_per_atom": 1,
-                   "elements": 1, "formula": 1, "seq": 1}
+                   "ml.relax.status": 1, "elements": 1, "formula": 1, "seq": 1}
+
+
+def _relaxed_only(docs: list[dict], counts: dict) -> list[dict]:
+    """The candidates that have an ML-relaxed structure; those the single-point pre-screen left unrelaxed
+    (``ml.relax.status`` "skipped", no ``ml.structure_relaxed``) are passed over and counted
+    (``counts["not_relaxed"]``): there is no relaxed structure to match or to put on a hull."""
+    kept = [d for d in docs if (d["ml"].get("relax") or {}).get("status") != "skipped"]
+    counts["not_relaxed"] = len(docs) - len(kept)
+    return kept
 
 
 def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
@@ -64,13 +73,13 @@ def run_relaxed_uniqueness(store: ResultsStore, campaign: str) -> dict:
     owner = store.acquire_lock(f"{campaign}:relaxed", lease_s=600)
     counts = {"backfilled": 0, "groups": 0, "duplicates": 0, "known": 0, "self_consistent_systems": 0}
     try:
-        docs = _with_ml(store.relaxed_candidates(campaign, _RELAXED_FIELDS))
+        docs = _relaxed_only(_with_ml(store.relaxed_candidates(campaign, _RELAXED_FIELDS)), counts)
         sets = hulls.sets_version(store.reference_sets())
         todo = [d["_id"] for d in docs if d["ml"].get("relaxed_sets") != sets
                 and "relaxed_match_error" not in d["ml"]]
         if todo:  # relaxed before the verdict was taken at relaxation time, or reference sets changed since
             counts["backfilled"] = _backfill_relaxed(store, spec, todo)
-            docs = _with_ml(store.relaxed_candidates(campaign, _RELAXED_FIELDS))
+            docs = _relaxed_only(_with_ml(store.relaxed_candidates(campaign, _RELAXED_FIELDS)), counts)
         fingerprint = _relaxed_fingerprint(spec, sets, docs)
         last = store.relaxed_pass(campaign) or {}
         if last.get("fingerprint") == fingerprint and not todo:  # nothing it depends on changed
@@ -170,6 +179,8 @@ def _backfill_relaxed(store: ResultsStore, spec: CampaignSpec, ids: list[str]) -
                                       {d.get("chemsys") for d in docs.values()})
         updates = []
         for cid, d in docs.items():
+            if not (d.get("ml") or {}).get("structure_relaxed"):  # not relaxed (pre-screen): nothing to match
+                continue
             try:
                 fields = relaxed_verdict(Structure.from_dict(d["structure_reduced"]),
                                          Structure.from_dict(d["ml"]["structure_relaxed"]), spec, store, references)

@@ -50,6 +50,8 @@ def stability_fields(doc: dict, spec: CampaignSpec, store: ResultsStore) -> tupl
         out["reason"] = f"{ml['potential']} does not cover {', '.join(unsupported)}"
         return st.ML_FAILED, {"ml": out}
     calc = potentials.get_calculator(ml.potential, ml.model_dir)
+    if ml.prescreen_e_hull is not None and _prescreened(doc, structure, calc, pd, spec, out):
+        return st.ML_DONE, {"ml": out}
     relax = stability.relax(structure, calc, fmax=ml.fmax, max_steps=ml.max_steps,
                             time_limit_s=ml.time_limit_s)
     relaxed = relax.pop("structure", None)
@@ -70,11 +72,7 @@ def stability_fields(doc: dict, spec: CampaignSpec, store: ResultsStore) -> tupl
     except stability.CorrectionError as exc:
         out["reason"] = f"energy correction failed: {exc}"
         return st.ML_FAILED, {"ml": out}
-    hull = stability.hull_distance(entry, pd)
-    # as a list: entry ids are not safe MongoDB keys ('.' would split them)
-    formulas = hull.pop("decomposition_formulas")
-    hull["decomposition"] = [{"entry_id": k, "formula": formulas.get(k), "fraction": v}
-                             for k, v in hull["decomposition"].items()]
+    hull = _hull_fields(entry, pd)
     out["hull"] = hull
     out["e_above_hull"] = hull["e_above_hull"]
     out["e_above_hull_unrelaxed"] = stability.hull_distance(entry_unrelaxed, pd)["e_above_hull"]
@@ -88,6 +86,68 @@ def stability_fields(doc: dict, spec: CampaignSpec, store: ResultsStore) -> tupl
         out["band_gap_error"] = str(exc)
     out["hits"] = ml_hits(band_gap if gap is not None else None, hull["e_above_hull"], doc, spec)
     return st.ML_DONE, {"ml": out}
+
+
+def _hull_fields(entry, pd) -> dict:
+    """:func:`fw_screen.science.stability.hull_distance` as stored (``ml.hull``)."""
+    from fw_screen.science import stability
+
+    hull = stability.hull_distance(entry, pd)
+    # as a list: entry ids are not safe MongoDB keys ('.' would split them)
+    formulas = hull.pop("decomposition_formulas")
+    hull["decomposition"] = [{"entry_id": k, "formula": formulas.get(k), "fraction": v}
+                             for k, v in hull["decomposition"].items()]
+    return hull
+
+
+def _prescreened(doc: dict, structure: Structure, calc, pd, spec: CampaignSpec, out: dict) -> bool:
+    """The single-point pre-screen (``ml.prescreen_e_hull``): the unrelaxed cell's energy above the
+    reference hull, through the same MP2020 entry path as the relaxed one.  Records ``ml.prescreen``; when
+    that hull distance is above the bound, fills ``out`` with the verdict of a candidate left unrelaxed
+    (``ml.relax.status`` "skipped", ``ml.e_above_hull`` the unrelaxed value flagged as an upper bound, not
+    stable, band gap on the unrelaxed cell) and returns True.  A single point that fails or an energy
+    MP2020 rejects skips nothing: the relaxation then gives its usual verdict."""
+    from fw_screen.science import band_gap as prop
+    from fw_screen.science import stability
+
+    ml, pcfg = spec.ml, spec.property
+    bound = ml.prescreen_e_hull
+    point = stability.single_point(structure, calc)
+    record = {"bound": bound, "status": point["status"], "seconds": point["seconds"]}
+    out["prescreen"] = record
+    if point["status"] != "ok":
+        record.update(relaxed=True, reason=f"single point {point['status']}: {point['reason']}")
+        return False
+    try:
+        entry = stability.ml_entry(structure, point["energy_total"], ml.potential, entry_id=doc["_id"])
+    except stability.CorrectionError as exc:
+        record.update(relaxed=True, reason=f"energy correction failed: {exc}")
+        return False
+    hull = _hull_fields(entry, pd)
+    reason = stability.prescreen_reason(hull["e_above_hull"], bound)
+    record.update(e_above_hull_unrelaxed=hull["e_above_hull"], relaxed=reason is None, reason=reason)
+    if reason is None:
+        return False
+    out["reason"] = reason
+    out["relax"] = {"status": "skipped", "reason": reason, "steps": 0, "max_force": point["max_force"],
+                    "energy_total": None, "energy_per_atom": None,
+                    "unrelaxed_energy_total": point["energy_total"],
+                    "unrelaxed_energy_per_atom": point["energy_per_atom"], "n_sites": len(structure),
+                    "seconds": point["seconds"]}
+    out["hull"] = {**hull, "structure": "unrelaxed"}
+    out["e_above_hull"] = out["e_above_hull_unrelaxed"] = hull["e_above_hull"]
+    out["e_above_hull_is_upper_bound"] = True  # relaxing could only lower it
+    out["stable"] = hull["e_above_hull"] <= ml.stability_threshold  # False: the spec keeps bound >= threshold
+    band_gap = None
+    try:  # said to be the unrelaxed cell's, as for candidates without a reference hull
+        band_gap = prop.predict_band_gap(structure, prop.load_band_gap_model(pcfg.band_gap_model,
+                                                                             pcfg.band_gap_fidelity))
+        out["band_gap"] = {**band_gap, "structure": "unrelaxed"}
+    except Exception as exc:  # as for the no-reference candidates: the hull verdict stays
+        band_gap = None
+        out["band_gap_error"] = f"{type(exc).__name__}: {exc}"
+    out["hits"] = ml_hits(band_gap, hull["e_above_hull"], doc, spec)
+    return True
 
 
 def ml_hits(band_gap: dict | None, e_above_hull: float | None, doc: dict, spec: CampaignSpec) -> dict:
