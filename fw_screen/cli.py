@@ -307,6 +307,12 @@ def cmd_status(args) -> int:
     if not names:
         print("no campaigns yet: `fw-screen submit INPUT --campaign NAME`")
         return 0
+    if args.recount:
+        from fw_screen.reporting.funnel import format_recount, recount
+
+        results = [recount(store, n, repair=args.repair) for n in names]
+        print(json.dumps(results, indent=1, default=str) if args.json else "\n".join(map(format_recount, results)))
+        return 1 if any(r["kept"] and r["differences"] and not r["repaired"] for r in results) else 0
     if args.json:
         print(json.dumps([funnel_report(store, n) for n in names], indent=1, default=str))
         return 0
@@ -549,6 +555,11 @@ def add_status_parser(sub) -> None:
     stt.add_argument("--count", type=int, default=0, help="with --watch: stop after this many refreshes")
     stt.add_argument("--until-done", action="store_true",
                      help="with --watch: stop when no Firework of the campaign is waiting, ready or running")
+    stt.add_argument("--recount", action="store_true",
+                     help="recount from the candidate documents and report any difference from the kept counters "
+                          "(exit 1 when a kept one differs)")
+    stt.add_argument("--repair", action="store_true",
+                     help="with --recount: store the recount as the counters (while no worker writes)")
     stt.set_defaults(func=cmd_status)
 
 

@@ -171,7 +171,9 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
       :func:`release_dead_claims`);
     * Fireworks a dead task never added are added (:func:`add_missing_fireworks`);
     * uniqueness / promotion leases held by a process of this host that no longer exists are released
-      (elsewhere a lease expires by itself after its ``lease_s``; :func:`release_dead_leases`).
+      (elsewhere a lease expires by itself after its ``lease_s``; :func:`release_dead_leases`);
+    * funnel-counter entries a writer left between its steps (older than
+      :data:`fw_screen.store.counters.STALE_TOKEN_S`) are applied, once (``ResultsStore.finish_tallies``).
 
     ``None`` for ``checkout_grace_s`` / ``lock_wait_s`` means the default (:data:`CHECKOUT_GRACE_S`,
     :data:`LOCK_WAIT_S`).  Stage runners only move candidates still in the status they expect
@@ -203,6 +205,7 @@ def recover(launchpad, store, campaign: str | None = None, expiration_secs: floa
     out.update(release_dead_claims(launchpad, store, expiration_secs, dry_run))
     out.update(add_missing_fireworks(launchpad, store, campaign, dry_run))
     out.update(release_dead_leases(store, dry_run))
+    out["tallies"] = store.finish_tallies(dry_run=dry_run)
     return out
 
 
@@ -321,4 +324,5 @@ def format_recovery(r: dict) -> str:
         f"a DFT Firework: {len(r['dft_candidates_added'])} ({verb} add)",
         f"leases of dead processes: {len(r['locks_released'])} {r['locks_released']} ({verb} release); "
         f"other leases held: {len(r['locks_held'])}",
+        f"funnel-counter writes left unfinished: {r['tallies']['tokens']} ({verb} finish)",
     ])

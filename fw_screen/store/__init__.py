@@ -1,13 +1,16 @@
 """Storage: every MongoDB access of fw-screen's own collections, behind one facade (:class:`ResultsStore`).
 
 :mod:`.results` composes the store from one part per concern: :mod:`.campaigns`, :mod:`.candidates`,
-:mod:`.analysis` (aggregations), :mod:`.references`, :mod:`.ml`, :mod:`.dft`, :mod:`.leases`; :mod:`.base`
-holds the collection names and query builders they share; :mod:`.atomate` reads atomate's task database.
+:mod:`.counters` (the funnel counters ``fw-screen status`` reads), :mod:`.analysis` (aggregations),
+:mod:`.references`, :mod:`.ml`, :mod:`.dft`, :mod:`.leases`; :mod:`.base` holds the collection names and
+query builders they share; :mod:`.structures` how a candidate's structures are stored (one compact string
+each, decoded on read); :mod:`.atomate` reads atomate's task database.
 """
 
 from fw_screen.store.base import (  # noqa: F401
     CANDIDATES,
     CAMPAIGNS,
+    COUNTS,
     REFERENCES,
     ENTRIES,
     SETS,

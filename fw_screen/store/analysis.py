@@ -20,150 +20,236 @@ from fw_screen.store.base import (
 )
 
 
+def _number(x) -> bool:
+    """What :func:`fw_screen.store.base.is_number` tests in the database: a number that is not NaN."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
+def _condition_order(c):
+    """MongoDB's order of ``$group`` ids (null first, then numbers, then strings)."""
+    return (c is not None, not isinstance(c, (int, float)), c if isinstance(c, (int, float)) else str(c))
+
+
+def yield_counts_from_groups(groups: Iterable[dict], thresholds: Iterable[float]) -> list[dict]:
+    """:meth:`Analysis.yield_count_rows` rows from its groups ``{c, s, e, h, nr, d, dt, n}`` (condition,
+    status, ML e_above_hull, band-gap hit, ``ml.novel_relaxed``, ``ml.duplicate_of_relaxed`` and its BSON
+    type, how many candidates share them), with the definitions of the aggregation it replaced: valid /
+    unique / novel by status; evaluated = novel with a numeric (not NaN) e_above_hull; a band-gap verdict =
+    a boolean hit; checked after relaxation = ``ml.duplicate_of_relaxed`` present (None counts)."""
+    thresholds = [float(t) for t in thresholds]
+    valid_s, unique_s, vun_s = set(st.VALID_OR_LATER), {st.KNOWN, *st.NOVEL_OR_LATER}, set(st.NOVEL_OR_LATER)
+    names = ("valid", "valid_unique", "vun", "vun_evaluated", "valid_band_gap_evaluated", "valid_band_gap_hits")
+    rows: dict = {}
+    for g in groups:
+        c, s, e, h, n = g.get("c"), g.get("s"), g.get("e"), g.get("h"), g["n"]
+        row = rows.get(c)
+        if row is None:
+            row = rows[c] = {"n": 0, "shared": dict.fromkeys(names, 0), "status": {},
+                             "thr": {t: {"vsun": 0, "vsun_band_gap_evaluated": 0, "vsun_band_gap_hits": 0}
+                                     for t in thresholds},
+                             "relaxed": {"checked": 0, "known": 0, "duplicate": 0, "sun": dict.fromkeys(thresholds, 0)}}
+        row["n"] += n
+        row["status"][s] = row["status"].get(s, 0) + n
+        valid, vun = s in valid_s, s in vun_s
+        gap_known, hit = h is True or h is False, h is True
+        evaluated = vun and _number(e)
+        sh = row["shared"]
+        sh["valid"] += n * valid
+        sh["valid_unique"] += n * (s in unique_s)
+        sh["vun"] += n * vun
+        sh["vun_evaluated"] += n * evaluated
+        sh["valid_band_gap_evaluated"] += n * (valid and gap_known)
+        sh["valid_band_gap_hits"] += n * (valid and hit)
+        checked = g.get("dt", "missing") != "missing"
+        relaxed_dup = g.get("d") is not None
+        rel = row["relaxed"]
+        if evaluated and checked:
+            rel["checked"] += n
+            rel["known"] += n * (g.get("nr") is False)
+            rel["duplicate"] += n * relaxed_dup
+        for t in thresholds:
+            if evaluated and e <= t:
+                row["thr"][t]["vsun"] += n
+                row["thr"][t]["vsun_band_gap_evaluated"] += n * gap_known
+                row["thr"][t]["vsun_band_gap_hits"] += n * hit
+                rel["sun"][t] += n * (checked and g.get("nr") is True and not relaxed_dup)
+    out = []
+    for c in sorted(rows, key=_condition_order):
+        r = rows[c]
+        status = {s_: r["status"][s_] for s_ in st.ORDER if r["status"].get(s_)}
+        counts = {t: {**r["shared"], **r["thr"][t]} for t in thresholds}
+        out.append({"condition": c, "n": r["n"], "status": status, "counts": counts, "relaxed": r["relaxed"]})
+    return out
+
+
+#: the candidate fields :func:`metric_counts_from_documents` reads
+METRIC_FIELDS = ("status", "ml.relax.status", "ml.duplicate_of_relaxed", "ml.novel_relaxed", "ml.e_above_hull",
+                 "ml.e_above_hull_self_consistent", "novel_composition", "ml.rmsd_relaxed",
+                 "ml.relax.spacegroup_number_initial", "ml.relax.spacegroup_number_final",
+                 "validity.checks.smact.passed", "validity.checks.min_distance.passed",
+                 "validity.checks.volume.passed", "density", "elements", "dft.e_above_hull", "targets.band_gap.value",
+                 "ml.band_gap.band_gap", "dft_lite.band_gap.band_gap", "dft.band_gap.band_gap")
+
+
+def _field(doc: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return MISSING
+        doc = doc[part]
+    return doc
+
+
+class _Missing:
+    """A field the document does not have (MongoDB tells it from null in ``$type``)."""
+
+    def __repr__(self):
+        return "MISSING"
+
+
+MISSING = _Missing()
+
+
+def _value(x):
+    return None if x is MISSING else x
+
+
+def metric_counts_from_documents(docs: Iterable[dict], thresholds: Iterable[float],
+                                 by: str = "targets.band_gap.value") -> list[dict]:
+    """:meth:`Analysis.metric_count_rows` from the documents' :data:`METRIC_FIELDS`: per document the flags
+    (valid / unique / novel by status; relaxed = ML-done or later and not left unrelaxed by the pre-screen;
+    checked after relaxation = ``ml.duplicate_of_relaxed`` present; a number = not NaN), summed per value
+    of ``by``."""
+    thresholds = [float(t) for t in thresholds]
+    valid_s, unique_s, vun_s = set(st.VALID_OR_LATER), {st.KNOWN, *st.NOVEL_OR_LATER}, set(st.NOVEL_OR_LATER)
+    done_s = set(st.ML_DONE_OR_LATER)
+    sums = ("n", "valid", "valid_unique", "vun", "vun_evaluated", "relaxed", "relaxed_checked", "relaxed_known",
+            "relaxed_duplicate", "novel_unique_relaxed", "novel_composition", "rmsd_n", "rmsd_sum", "spacegroup_n",
+            "spacegroup_kept", "smact", "structural", "smact_and_structural")
+    gaps = (("ml", "ml.band_gap.band_gap"), ("dft_lite", "dft_lite.band_gap.band_gap"), ("dft", "dft.band_gap.band_gap"))
+    rows: dict = {}
+    for doc in docs:
+        c = _value(_field(doc, by))
+        r = rows.get(c)
+        if r is None:
+            r = rows[c] = {**dict.fromkeys(sums, 0), "density": [], "nelements": [],
+                           **{f"gap_{g}_{k}": 0 for g, _ in gaps for k in ("n", "abs_sum")},
+                           **{f"dft_{k}": 0 for k in ("tp", "fp", "fn", "tn")},
+                           "by_threshold": {t: {"vsun": 0, "sun": 0, "sun_sc": 0} for t in thresholds}}
+        s = _field(doc, "status")
+        valid, unique, novel = s in valid_s, s in unique_s, s in vun_s
+        relaxed = s in done_s and _field(doc, "ml.relax.status") != "skipped"
+        dup = _field(doc, "ml.duplicate_of_relaxed")
+        checked = relaxed and dup is not MISSING
+        nr = _field(doc, "ml.novel_relaxed")
+        nur = checked and nr is True and _value(dup) is None
+        e_raw = _field(doc, "ml.e_above_hull")
+        e = e_raw if _number(e_raw) else None
+        e_sc = _field(doc, "ml.e_above_hull_self_consistent")
+        e_sc = e_sc if _number(e_sc) else None
+        rmsd = _field(doc, "ml.rmsd_relaxed")
+        rmsd = rmsd if _number(rmsd) and relaxed else None
+        sg0, sg1 = _field(doc, "ml.relax.spacegroup_number_initial"), _field(doc, "ml.relax.spacegroup_number_final")
+        sg_n = relaxed and _number(sg0) and _number(sg1)
+        smact = _field(doc, "validity.checks.smact.passed") is True
+        structural = (_field(doc, "validity.checks.min_distance.passed") is True
+                      and _field(doc, "validity.checks.volume.passed") is True)
+        r["n"] += 1
+        r["valid"] += valid
+        r["valid_unique"] += unique
+        r["vun"] += novel
+        r["vun_evaluated"] += novel and e is not None
+        r["relaxed"] += relaxed
+        r["relaxed_checked"] += checked
+        r["relaxed_known"] += checked and nr is False
+        r["relaxed_duplicate"] += checked and _value(dup) is not None
+        r["novel_unique_relaxed"] += nur
+        r["novel_composition"] += unique and _field(doc, "novel_composition") is True
+        if rmsd is not None:
+            r["rmsd_n"] += 1
+            r["rmsd_sum"] += rmsd
+        r["spacegroup_n"] += sg_n
+        r["spacegroup_kept"] += sg_n and sg0 == sg1
+        r["smact"] += smact
+        r["structural"] += structural
+        r["smact_and_structural"] += smact and structural
+        density, elements = _field(doc, "density"), _field(doc, "elements")
+        if valid and _number(density):
+            r["density"].append(density)
+        if valid and isinstance(elements, list):
+            r["nelements"].append(len(elements))
+        target = _field(doc, "targets.band_gap.value")
+        for g, path in gaps:
+            gap = _field(doc, path)
+            if _number(gap) and _number(target):
+                r[f"gap_{g}_n"] += 1
+                r[f"gap_{g}_abs_sum"] += abs(gap - target)
+        d = _field(doc, "dft.e_above_hull")
+        if s == st.DFT_DONE and _number(d) and _number(e_raw):
+            # true/false: the ML verdict at 0 eV/atom agrees with DFT's; positive/negative: ML says stable
+            r[f"dft_{'t' if (e_raw <= 0) == (d <= 0) else 'f'}{'p' if e_raw <= 0 else 'n'}"] += 1
+        for t in thresholds:
+            bt = r["by_threshold"][t]
+            bt["vsun"] += novel and e is not None and e <= t
+            bt["sun"] += nur and e is not None and e <= t
+            bt["sun_sc"] += nur and e_sc is not None and e_sc <= t
+    out = [{"condition": c, **rows[c]} for c in sorted(rows, key=_condition_order)]
+    if not thresholds:
+        for r in out:
+            del r["by_threshold"]
+    return out
+
+
 class Analysis:
     """The researcher's questions as MongoDB aggregations (:class:`~fw_screen.store.ResultsStore`)."""
 
     # ------------------------------------------------------------------------------------ analysis
     def yield_count_rows(self, campaign: str, thresholds: Iterable[float],
-                         by: str = "targets.band_gap.value") -> list[dict]:
+                         by: str = "targets.band_gap.value", match: dict | None = None) -> list[dict]:
         """Counts behind the CrystaLLM-pi / MatterGen yields per value of ``by``, at every stability threshold,
-        in one aggregation (one pass over the campaign: on the embedded server each pass costs ~0.5-1 ms per
-        valid candidate, so the thresholds, the conditions and the status counts share it).
+        from one pass over the campaign.
 
-        Returns ``[{"condition", "n", "status": {status: count}, "counts": {threshold: {...}}}]``, each
-        ``{...}`` holding the counts :func:`fw_screen.science.yields.yields` computes from records (``valid``,
-        ``valid_unique``, ``vun``, ``vun_evaluated``, ``vsun``, ``valid_band_gap_evaluated``, ...) with
-        ``stable`` = ML ``e_above_hull <= threshold``.  :func:`sum_yield_rows` adds rows up.
+        Returns ``[{"condition", "n", "status": {status: count}, "counts": {threshold: {...}}, "relaxed": {...}}]``,
+        each ``{...}`` holding the counts :func:`fw_screen.science.yields.yields` computes from records
+        (``valid``, ``valid_unique``, ``vun``, ``vun_evaluated``, ``vsun``, ``valid_band_gap_evaluated``, ...)
+        with ``stable`` = ML ``e_above_hull <= threshold``.  :func:`sum_yield_rows` adds rows up.  ``match``: a
+        narrower filter than the whole campaign (:meth:`relaxed_count_rows`).
+
+        The database groups the candidates by the few fields the counts depend on (condition, status, ML
+        e_above_hull, band-gap hit, the after-relaxation verdicts): a handful of rows, plus one per ML-done
+        candidate, which :func:`yield_counts_from_groups` turns into the counts.  Grouping by raw fields is
+        ~6x cheaper on the embedded server than the ~30 conditional sums per document it replaced, which
+        cost more than reading the documents (``benchmarks/bench_passes.py``); the answer is the same
+        (``tests/test_analysis.py`` compares it with that aggregation).
         """
-        thresholds = [float(t) for t in thresholds]
-        valid = {"$in": ["$status", list(st.VALID_OR_LATER)]}
-        unique = {"$in": ["$status", [st.KNOWN, *st.NOVEL_OR_LATER]]}
-        vun = {"$in": ["$status", list(st.NOVEL_OR_LATER)]}
-        e = "$ml.e_above_hull"
-        evaluated = {"$and": [vun, is_number(e)]}
-        gap_known = {"$in": ["$ml.hits.band_gap.hit", [True, False]]}
-        hit = {"$eq": ["$ml.hits.band_gap.hit", True]}
-
-        def count(*conds):
-            return {"$sum": {"$cond": [{"$and": list(conds)} if len(conds) > 1 else conds[0], 1, 0]}}
-
-        # after relaxation (run_relaxed_uniqueness): checked, relaxed onto a reference / another candidate
-        checked = {"$ne": [{"$type": "$ml.duplicate_of_relaxed"}, "missing"]}
-        relaxed_dup = {"$gt": ["$ml.duplicate_of_relaxed", None]}
-        relaxed_known = {"$eq": ["$ml.novel_relaxed", False]}
-        group = {"_id": f"${by}", "n": {"$sum": 1}, "valid": count(valid), "valid_unique": count(unique),
-                 "vun": count(vun), "vun_evaluated": count(evaluated),
-                 "valid_band_gap_evaluated": count(valid, gap_known), "valid_band_gap_hits": count(valid, hit),
-                 "relaxed_checked": count(evaluated, checked), "relaxed_known": count(evaluated, checked, relaxed_known),
-                 "relaxed_duplicate": count(evaluated, checked, relaxed_dup)}
-        for i, thr in enumerate(thresholds):
-            vsun = {"$and": [evaluated, {"$lte": [e, thr]}]}
-            group.update({f"vsun_{i}": count(vsun), f"vsun_band_gap_evaluated_{i}": count(vsun, gap_known),
-                          f"vsun_band_gap_hits_{i}": count(vsun, hit),
-                          f"sun_{i}": count(vsun, checked, {"$eq": ["$ml.novel_relaxed", True]},
-                                            {"$not": [relaxed_dup]})})
-        for i, status in enumerate(st.ORDER):
-            group[f"status_{i}"] = count({"$eq": ["$status", status]})
-        out = []
-        for r in self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$group": group},
-                                            {"$sort": {"_id": 1}}]):
-            shared = {k: r[k] for k in ("valid", "valid_unique", "vun", "vun_evaluated", "valid_band_gap_evaluated",
-                                        "valid_band_gap_hits")}
-            counts = {thr: {**shared, "vsun": r[f"vsun_{i}"],
-                            "vsun_band_gap_evaluated": r[f"vsun_band_gap_evaluated_{i}"],
-                            "vsun_band_gap_hits": r[f"vsun_band_gap_hits_{i}"]} for i, thr in enumerate(thresholds)}
-            status = {s_: r[f"status_{i}"] for i, s_ in enumerate(st.ORDER) if r[f"status_{i}"]}
-            relaxed = {"checked": r["relaxed_checked"], "known": r["relaxed_known"],
-                       "duplicate": r["relaxed_duplicate"], "sun": {thr: r[f"sun_{i}"] for i, thr in enumerate(thresholds)}}
-            out.append({"condition": r["_id"], "n": r["n"], "status": status, "counts": counts, "relaxed": relaxed})
-        return out
+        key = {"c": f"${by}", "s": "$status", "e": "$ml.e_above_hull", "h": "$ml.hits.band_gap.hit",
+               "nr": "$ml.novel_relaxed", "d": "$ml.duplicate_of_relaxed",
+               "dt": {"$type": "$ml.duplicate_of_relaxed"}}
+        groups = self.candidates.aggregate([{"$match": match or {"campaign": campaign}},
+                                            {"$group": {"_id": key, "n": {"$sum": 1}}}], allowDiskUse=True)
+        return yield_counts_from_groups(({**g["_id"], "n": g["n"]} for g in groups), thresholds)
+    def relaxed_count_rows(self, campaign: str, thresholds: Iterable[float]) -> list[dict]:
+        """The after-relaxation part of :meth:`yield_count_rows` (``relaxed``: checked, known, duplicate, S.U.N.)
+        read from the ML-done-or-later candidates only (the (campaign, status) index finds them)."""
+        match = {"campaign": campaign, "status": {"$in": list(st.ML_DONE_OR_LATER)}}
+        return [{"condition": r["condition"], **r["relaxed"]}
+                for r in self.yield_count_rows(campaign, thresholds, match=match)]
 
     def metric_count_rows(self, campaign: str, thresholds: Iterable[float],
                           by: str = "targets.band_gap.value") -> list[dict]:
-        """The sums behind ``fw-screen metrics`` (:mod:`fw_screen.science.metrics`) per value of ``by``, in one
-        aggregation over the campaign: counts for V/VU/VUN/VSUN and S.U.N./MSUN at each threshold (reference
-        and self-consistent hull), composition novelty, relaxation RMSD and kept space groups, the DiffCSP
+        """The sums behind ``fw-screen metrics`` (:mod:`fw_screen.science.metrics`) per value of ``by``, from one
+        pass over the campaign: counts for V/VU/VUN/VSUN and S.U.N./MSUN at each threshold (reference and
+        self-consistent hull), composition novelty, relaxation RMSD and kept space groups, the DiffCSP
         validity split, band-gap errors against the target (ML, DFT-lite, DFT), ML-vs-DFT stability at 0
         eV/atom; and the density and number-of-elements samples of the valid candidates.
 
+        The pass reads the ~25 fields these depend on (a projection) and :func:`metric_counts_from_documents`
+        sums them: on the embedded server evaluating the same flags and sums as database expressions cost
+        ~5x more than reading the fields (``benchmarks/bench_passes.py``); the answer is the same
+        (``tests/test_counters.py`` compares it with that aggregation).
+
         Returns ``[{"condition", "n", name: sum, ..., "density": [...], "nelements": [...]}]``."""
-        thresholds = [float(t) for t in thresholds]
-        num = is_number
-        status = "$status"
-        e, e_sc, d = "$ml.e_above_hull", "$ml.e_above_hull_self_consistent", "$dft.e_above_hull"
-        checks = "$validity.checks"
-        sg0, sg1 = "$ml.relax.spacegroup_number_initial", "$ml.relax.spacegroup_number_final"
-        target = "$targets.band_gap.value"
-        relaxed = {"$in": [status, list(st.ML_DONE_OR_LATER)]}
-        checked = {"$and": [relaxed, {"$ne": [{"$type": "$ml.duplicate_of_relaxed"}, "missing"]}]}
-
-        def number_or_null(path, *conds):
-            return {"$cond": [{"$and": [num(path), *conds]}, path, None]}
-
-        # each document's flags and values, computed once (the server evaluates every expression per document)
-        flags = {
-            "c": f"${by}", "valid": {"$in": [status, list(st.VALID_OR_LATER)]},
-            "unique": {"$in": [status, [st.KNOWN, *st.NOVEL_OR_LATER]]},
-            "novel": {"$in": [status, list(st.NOVEL_OR_LATER)]}, "relaxed": relaxed, "checked": checked,
-            "known_r": {"$and": [checked, {"$eq": ["$ml.novel_relaxed", False]}]},
-            "dup_r": {"$and": [checked, {"$gt": ["$ml.duplicate_of_relaxed", None]}]},
-            "nur": {"$and": [checked, {"$eq": ["$ml.novel_relaxed", True]},
-                             {"$eq": [{"$ifNull": ["$ml.duplicate_of_relaxed", None]}, None]}]},
-            "e": number_or_null(e), "e_sc": number_or_null(e_sc),
-            "novel_composition": {"$eq": ["$novel_composition", True]},
-            "rmsd": number_or_null("$ml.rmsd_relaxed", relaxed),
-            "sg_n": {"$and": [relaxed, num(sg0), num(sg1)]}, "sg_same": {"$eq": [sg0, sg1]},
-            "smact": {"$eq": [f"{checks}.smact.passed", True]},
-            "structural": {"$and": [{"$eq": [f"{checks}.min_distance.passed", True]},
-                                    {"$eq": [f"{checks}.volume.passed", True]}]},
-            "density": "$density", "has_density": num("$density"), "elements": "$elements",
-            "dft_pair": {"$and": [{"$eq": [status, st.DFT_DONE]}, num(d), num(e)]},
-            "ml_le0": {"$lte": [e, 0.0]}, "dft_le0": {"$lte": [d, 0.0]},
-        }
-        for name, path in (("ml", "$ml.band_gap.band_gap"), ("dft_lite", "$dft_lite.band_gap.band_gap"),
-                           ("dft", "$dft.band_gap.band_gap")):
-            flags[f"gap_{name}"] = {"$cond": [{"$and": [num(path), num(target)]},
-                                              {"$abs": {"$subtract": [path, target]}}, None]}
-
-        def count(*conds):
-            return {"$sum": {"$cond": [{"$and": list(conds)} if len(conds) > 1 else conds[0], 1, 0]}}
-
-        def has(field):
-            return {"$ne": [f"${field}", None]}
-
-        group: dict = {
-            "_id": "$c", "n": {"$sum": 1}, "valid": count("$valid"), "valid_unique": count("$unique"),
-            "vun": count("$novel"), "vun_evaluated": count("$novel", has("e")), "relaxed": count("$relaxed"),
-            "relaxed_checked": count("$checked"), "relaxed_known": count("$known_r"),
-            "relaxed_duplicate": count("$dup_r"), "novel_unique_relaxed": count("$nur"),
-            "novel_composition": count("$unique", "$novel_composition"),
-            "rmsd_n": count(has("rmsd")), "rmsd_sum": {"$sum": "$rmsd"},
-            "spacegroup_n": count("$sg_n"), "spacegroup_kept": count("$sg_n", "$sg_same"),
-            "smact": count("$smact"), "structural": count("$structural"),
-            "smact_and_structural": count("$smact", "$structural"),
-            "density": {"$push": {"$cond": [{"$and": ["$valid", "$has_density"]}, "$density", "$$REMOVE"]}},
-            "nelements": {"$push": {"$cond": [{"$and": ["$valid", {"$isArray": "$elements"}]},
-                                              {"$size": {"$ifNull": ["$elements", []]}}, "$$REMOVE"]}},
-        }
-        for name in ("ml", "dft_lite", "dft"):
-            group[f"gap_{name}_n"] = count(has(f"gap_{name}"))
-            group[f"gap_{name}_abs_sum"] = {"$sum": f"$gap_{name}"}
-        for name, ml_ok, dft_ok in (("tp", True, True), ("fp", True, False), ("fn", False, True), ("tn", False, False)):
-            group[f"dft_{name}"] = count("$dft_pair", {"$eq": ["$ml_le0", ml_ok]}, {"$eq": ["$dft_le0", dft_ok]})
-        for i, thr in enumerate(thresholds):
-            group[f"vsun_{i}"] = count("$novel", has("e"), {"$lte": ["$e", thr]})
-            group[f"sun_{i}"] = count("$nur", has("e"), {"$lte": ["$e", thr]})
-            group[f"sun_sc_{i}"] = count("$nur", has("e_sc"), {"$lte": ["$e_sc", thr]})
-        out = []
-        for r in self.candidates.aggregate([{"$match": {"campaign": campaign}}, {"$project": flags},
-                                            {"$group": group}, {"$sort": {"_id": 1}}], allowDiskUse=True):
-            row = {"condition": r.pop("_id"), **r}
-            for i, thr in enumerate(thresholds):
-                for key in ("vsun", "sun", "sun_sc"):
-                    row.setdefault("by_threshold", {}).setdefault(thr, {})[key] = row.pop(f"{key}_{i}")
-            out.append(row)
-        return out
-
+        docs = self.candidates.find({"campaign": campaign}, {f: 1 for f in (by, *METRIC_FIELDS)})
+        return metric_counts_from_documents(docs, thresholds, by)
     def reference_distribution(self) -> dict:
         """Density (g/cm^3) and number of elements of every structure of the active reference sets (the
         metrics' reference distributions); documents stored before those fields were written get them
@@ -238,7 +324,7 @@ class Analysis:
         ``references``)."""
         if collection not in (CANDIDATES, REFERENCES):
             raise StoreError(f"documents_by_id reads candidates or references, not {collection!r}")
-        coll, out = self.db[collection], {}
+        coll, out = (self.candidates if collection == CANDIDATES else self.db[collection]), {}
         ids = list(ids)
         for i in range(0, len(ids), chunk):
             for d in coll.find({"_id": {"$in": ids[i:i + chunk]}}, {f: 1 for f in fields}):

@@ -18,6 +18,7 @@ REFERENCES = "references"
 ENTRIES = "reference_entries"
 SETS = "reference_sets"
 LOCKS = "fws_locks"
+COUNTS = "funnel_counts"  # per (campaign, condition): the funnel counters (fw_screen.store.counters)
 DFT_REFERENCES = "dft_references"  # consistently computed reference phases, one run each per protocol
 
 
@@ -125,6 +126,8 @@ HULL_TABLE_PROJECTION = {
         {"case": {"$eq": ["$status", st.KNOWN]},
          "then": {"$concat": ["matches reference ", {"$toString": "$matched_reference"}]}},
         {"case": {"$in": ["$status", [st.NO_REFERENCE, st.ML_FAILED]]}, "then": "$ml.reason"},
+        {"case": {"$and": [{"$eq": ["$status", st.ML_DONE]}, {"$eq": ["$ml.relax.status", "skipped"]}]},
+         "then": "$ml.reason"},  # left unrelaxed by the pre-screen: why
         {"case": {"$and": [{"$eq": ["$status", st.ML_DONE]}, {"$gt": ["$ml.matched_reference_relaxed", None]}]},
          "then": {"$concat": ["relaxed onto known ", {"$toString": "$ml.matched_reference_relaxed"}]}},
         {"case": {"$and": [{"$eq": ["$status", st.ML_DONE]}, {"$gt": ["$ml.duplicate_of_relaxed", None]}]},

@@ -25,7 +25,8 @@ class Campaigns:
         data = spec.to_dict()
         name = spec.campaign
         try:
-            self.campaigns.insert_one({"_id": name, "spec": data, "created": utcnow(), "next_seq": 0})
+            self.campaigns.insert_one({"_id": name, "spec": data, "created": utcnow(), "next_seq": 0,
+                                       "counters": True})  # kept from the first candidate on (store.counters)
             self.ensure_indexes()
             return spec
         except DuplicateKeyError:

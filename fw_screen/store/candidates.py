@@ -12,6 +12,8 @@ from pymongo.errors import BulkWriteError
 
 from fw_screen import state as st
 from fw_screen.store.base import in_chunks, new_submission_id, utcnow
+from fw_screen.store.counters import new_token, tally_entry
+from fw_screen.store.structures import encode_fields
 
 
 class Candidates:
@@ -40,8 +42,10 @@ class Candidates:
         submission = submission or new_submission_id()
         start = self._reserve_seq(campaign, len(fresh)) if fresh else 0
         now = utcnow()
-        rows = [{**d, "seq": start + i, "batch": f"{submission}.{(start_index + i) // batch_size:05d}", "submission": submission,
-                 "created": now, "updated": now} for i, d in enumerate(fresh)]
+        token = new_token()
+        rows = [{**encode_fields(d), "seq": start + i, "batch": f"{submission}.{(start_index + i) // batch_size:05d}", "submission": submission,
+                 "created": now, "updated": now, "tally_pending": [tally_entry(token, None, d["status"], d)]}
+                for i, d in enumerate(fresh)]
         inserted: set[str] = set()
         for chunk in in_chunks(rows, 1000):
             try:
@@ -53,6 +57,7 @@ class Candidates:
                     raise
                 failed = {chunk[e["index"]]["_id"] for e in errors}
                 inserted.update(r["_id"] for r in chunk if r["_id"] not in failed)
+        self.apply_tally(token)
         new_ids = [r["_id"] for r in rows if r["_id"] in inserted]
         batches = sorted({r["batch"] for r in rows if r["_id"] in inserted})
         return {"new": new_ids, "existing": len(docs) - len(new_ids), "batches": batches}
@@ -64,18 +69,25 @@ class Candidates:
     def transition(self, updates: Iterable[tuple[str, str, str, dict]], stage: str) -> int:
         """Apply (id, from_status, to_status, fields) updates in bulk; returns how many moved.
 
-        A document no longer in ``from_status`` is left alone (its stage already ran).
+        A document no longer in ``from_status`` is left alone (its stage already ran).  Each write carries
+        its tally entry, then the funnel counters take the chunk's deltas (:mod:`fw_screen.store.counters`).
         """
-        ops = []
+        updates = list(updates)
         now = utcnow()
-        for cid, old, new, fields in updates:
-            st.check_transition(old, new)
-            ops.append(UpdateOne({"_id": cid, "status": old},
-                                 {"$set": {**fields, "status": new, "updated": now},
-                                  "$inc": {f"runs.{stage}": 1}}))
         moved = 0
-        for chunk in in_chunks(ops, 500):
-            moved += self.candidates.bulk_write(chunk, ordered=False).modified_count
+        for chunk in in_chunks(updates, 500):
+            token = new_token()
+            ops = []
+            for cid, old, new, fields in chunk:
+                st.check_transition(old, new)
+                ops.append(UpdateOne({"_id": cid, "status": old},
+                                     {"$set": {**encode_fields(fields), "status": new, "updated": now},
+                                      "$inc": {f"runs.{stage}": 1},
+                                      "$push": {"tally_pending": tally_entry(token, old, new, fields)}}))
+            n = self.candidates.bulk_write(ops, ordered=False).modified_count
+            moved += n
+            if n:
+                self.apply_tally(token)
         return moved
 
     def count(self, query: dict) -> int:

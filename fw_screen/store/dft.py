@@ -10,6 +10,7 @@ from pymongo.errors import DuplicateKeyError
 
 from fw_screen import state as st
 from fw_screen.store.base import dft_lite_unplanned, utcnow
+from fw_screen.store.structures import encode_fields
 
 
 class DFTResults:
@@ -167,5 +168,6 @@ class DFTResults:
         """Set DFT hull fields of a DFT-done candidate once (guarded by the current hull status)."""
         res = self.candidates.update_one({"_id": candidate_id, "status": st.DFT_DONE,
                                           "dft.hull_status": expected_status},
-                                         {"$set": {**{f"dft.{k}": v for k, v in fields.items()}, "updated": utcnow()}})
+                                         {"$set": {**encode_fields({f"dft.{k}": v for k, v in fields.items()}),
+                                                   "updated": utcnow()}})
         return res.modified_count == 1

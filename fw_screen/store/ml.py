@@ -11,6 +11,8 @@ from pymongo import UpdateMany, UpdateOne
 
 from fw_screen import state as st
 from fw_screen.store.base import in_chunks, utcnow
+from fw_screen.store.counters import ml_facts, new_token, tally_entry
+from fw_screen.store.structures import encode_fields
 
 
 class MLStage:
@@ -44,14 +46,22 @@ class MLStage:
         st.check_transition(st.NO_REFERENCE, st.NOVEL)
         now, moved = utcnow(), 0
         for chunk in in_chunks(list(ids), 500):
-            reasons = {d["_id"]: (d.get("ml") or {}).get("reason") for d in self.candidates.find(
-                {"_id": {"$in": chunk}}, {"ml.reason": 1})}
-            ops = [UpdateOne({"_id": cid, "status": st.NO_REFERENCE},
-                             {"$set": {"status": st.NOVEL, "updated": now, "ml_requeued": {
-                                 "from": st.NO_REFERENCE, "at": now, "reason": reasons.get(cid)}},
-                              "$unset": {"ml": "", "ml_batch": ""}, "$inc": {"runs.ml_requeue": 1}})
-                   for cid in chunk]
-            moved += self.candidates.bulk_write(ops, ordered=False).modified_count
+            token = new_token()
+            old_ml = {d["_id"]: d.get("ml") or {} for d in self.candidates.find(
+                {"_id": {"$in": chunk}}, {"ml.reason": 1, "ml.e_above_hull": 1, "ml.hits.band_gap.hit": 1})}
+            ops = []
+            for cid in chunk:
+                entry = {**tally_entry(token, st.NO_REFERENCE, st.NOVEL, {}), "ml_old": ml_facts(old_ml.get(cid, {}))}
+                ops.append(UpdateOne({"_id": cid, "status": st.NO_REFERENCE},
+                                     {"$set": {"status": st.NOVEL, "updated": now, "ml_requeued": {
+                                         "from": st.NO_REFERENCE, "at": now,
+                                         "reason": old_ml.get(cid, {}).get("reason")}},
+                                      "$unset": {"ml": "", "ml_batch": ""}, "$inc": {"runs.ml_requeue": 1},
+                                      "$push": {"tally_pending": entry}}))
+            n = self.candidates.bulk_write(ops, ordered=False).modified_count
+            moved += n
+            if n:
+                self.apply_tally(token)
         return moved
 
     def unbatched_novel(self, campaign: str) -> list[str]:
@@ -81,7 +91,8 @@ class MLStage:
 
     # ------------------------------------------------------------------------- after relaxation (S.U.N.)
     def relaxed_candidates(self, campaign: str, fields: dict) -> list[dict]:
-        """The ML-relaxed candidates of a campaign (ML-done or later: each has ``ml.structure_relaxed``) with
+        """The ML-done-or-later candidates of a campaign (each has ``ml.structure_relaxed``, except those the
+        single-point pre-screen left unrelaxed: ``ml.relax.status`` "skipped"; callers drop them) with
         ``fields`` (campaign + status index; filter further in Python, not in the query)."""
         return list(self.candidates.find({"campaign": campaign, "status": {"$in": list(st.ML_DONE_OR_LATER)}},
                                          fields))
@@ -95,7 +106,7 @@ class MLStage:
 
     def set_fields(self, updates: list[tuple[str, dict]]) -> int:
         """``$set`` fields on candidates by id, in bulk, status untouched; returns how many changed."""
-        ops = [UpdateOne({"_id": cid}, {"$set": fields}) for cid, fields in updates if fields]
+        ops = [UpdateOne({"_id": cid}, {"$set": encode_fields(fields)}) for cid, fields in updates if fields]
         changed = 0
         for chunk in in_chunks(ops, 1000):
             changed += self.candidates.bulk_write(chunk, ordered=False).modified_count

@@ -12,6 +12,7 @@ from fw_screen.store.analysis import Analysis
 from fw_screen.store.base import (
     CAMPAIGNS,
     CANDIDATES,
+    COUNTS,
     DFT_REFERENCES,
     ENTRIES,
     LOCKS,
@@ -20,24 +21,27 @@ from fw_screen.store.base import (
 )
 from fw_screen.store.campaigns import Campaigns
 from fw_screen.store.candidates import Candidates
+from fw_screen.store.counters import Counters
+from fw_screen.store.structures import CandidateCollection
 from fw_screen.store.dft import DFTResults
 from fw_screen.store.leases import Leases
 from fw_screen.store.ml import MLStage
 from fw_screen.store.references import References
 
 
-class ResultsStore(Campaigns, Candidates, Analysis, References, MLStage, DFTResults, Leases):
+class ResultsStore(Campaigns, Candidates, Counters, Analysis, References, MLStage, DFTResults, Leases):
     """fw-screen's view of one MongoDB database."""
 
     def __init__(self, db: Database):
         self.db = db
-        self.candidates = db[CANDIDATES]
+        self.candidates = CandidateCollection(db[CANDIDATES])  # structures decoded as read (store.structures)
         self.campaigns = db[CAMPAIGNS]
         self.references = db[REFERENCES]
         self.entries = db[ENTRIES]
         self.sets = db[SETS]
         self.locks = db[LOCKS]
         self.dft_references = db[DFT_REFERENCES]
+        self.counts = db[COUNTS]
 
     # ------------------------------------------------------------------------------- construction
     @classmethod
@@ -67,6 +71,8 @@ class ResultsStore(Campaigns, Candidates, Analysis, References, MLStage, DFTResu
         c.create_index([("campaign", ASCENDING), ("match_key", ASCENDING), ("status", ASCENDING)])
         c.create_index([("campaign", ASCENDING), ("reduced_formula", ASCENDING)])
         c.create_index("content_hash")
+        c.create_index("tally_pending.t")  # funnel-counter entries of writes in flight (fw_screen.store.counters)
+        self.counts.create_index("campaign")
         self.references.create_index("reduced_formula")
         self.references.create_index("match_key")
         self.references.create_index([("ordered", ASCENDING), ("chemsys", ASCENDING)])
