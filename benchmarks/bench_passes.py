@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -75,14 +74,7 @@ def source_documents(launchpad: Path, campaign: str) -> tuple[dict, list[dict]]:
 def layout(doc: dict, compact: bool) -> dict:
     """A candidate as stored before (nested) or after (compact); no counter entries left on it."""
     d = {k: v for k, v in doc.items() if k != "tally_pending"}
-    if compact:
-        return sc.encode_fields(d)
-    for path in sc.STRUCTURE_PATHS:  # documents written by today's code hold strings: nest them again
-        head, _, last = path.rpartition(".")
-        parent = d.get(head) if head else d
-        if isinstance(parent, dict) and isinstance(parent.get(last), str):
-            parent[last] = json.loads(parent[last])
-    return d
+    return sc.encode_fields(d) if compact else sc.decode_document(d)  # decoded: nested again
 
 
 def load(client, name: str, meta: dict, docs: list[dict], n: int, compact: bool) -> tuple[ResultsStore, float]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from fw_screen import state as st
-from fw_screen.store import ResultsStore
+from fw_screen.store import ResultsStore, condition_order
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def recount(store: ResultsStore, campaign: str, repair: bool = False) -> dict:
     kept = store.funnel_counts(campaign) if store.has_counters(campaign) else {}
     fresh = store.recount(campaign)
     diffs = []
-    for cond in sorted(set(kept) | set(fresh), key=lambda c: (c is not None, str(c))):
+    for cond in sorted(set(kept) | set(fresh), key=condition_order):
         a, b = kept.get(cond, {}), fresh.get(cond, {})
         for key in sorted(set(a) | set(b)):
             if a.get(key, 0) != b.get(key, 0):

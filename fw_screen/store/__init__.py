@@ -22,6 +22,8 @@ from fw_screen.store.base import (  # noqa: F401
     plan_nodes,
     match_stages,
     is_number,
+    number,
+    condition_order,
     join_formulas,
     dft_lite_unplanned,
     HULL_TABLE_SORT_FIELDS,

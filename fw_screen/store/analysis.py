@@ -15,19 +15,10 @@ from fw_screen.store.base import (
     HULL_TABLE_SORT_FIELDS,
     REFERENCES,
     StoreError,
-    is_number,
+    condition_order,
+    number,
     match_stages,
 )
-
-
-def _number(x) -> bool:
-    """What :func:`fw_screen.store.base.is_number` tests in the database: a number that is not NaN."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
-
-
-def _condition_order(c):
-    """MongoDB's order of ``$group`` ids (null first, then numbers, then strings)."""
-    return (c is not None, not isinstance(c, (int, float)), c if isinstance(c, (int, float)) else str(c))
 
 
 def yield_counts_from_groups(groups: Iterable[dict], thresholds: Iterable[float]) -> list[dict]:
@@ -52,7 +43,7 @@ def yield_counts_from_groups(groups: Iterable[dict], thresholds: Iterable[float]
         row["status"][s] = row["status"].get(s, 0) + n
         valid, vun = s in valid_s, s in vun_s
         gap_known, hit = h is True or h is False, h is True
-        evaluated = vun and _number(e)
+        evaluated = vun and number(e)
         sh = row["shared"]
         sh["valid"] += n * valid
         sh["valid_unique"] += n * (s in unique_s)
@@ -74,7 +65,7 @@ def yield_counts_from_groups(groups: Iterable[dict], thresholds: Iterable[float]
                 row["thr"][t]["vsun_band_gap_hits"] += n * hit
                 rel["sun"][t] += n * (checked and g.get("nr") is True and not relaxed_dup)
     out = []
-    for c in sorted(rows, key=_condition_order):
+    for c in sorted(rows, key=condition_order):
         r = rows[c]
         status = {s_: r["status"][s_] for s_ in st.ORDER if r["status"].get(s_)}
         counts = {t: {**r["shared"], **r["thr"][t]} for t in thresholds}
@@ -143,13 +134,13 @@ def metric_counts_from_documents(docs: Iterable[dict], thresholds: Iterable[floa
         nr = _field(doc, "ml.novel_relaxed")
         nur = checked and nr is True and _value(dup) is None
         e_raw = _field(doc, "ml.e_above_hull")
-        e = e_raw if _number(e_raw) else None
+        e = e_raw if number(e_raw) else None
         e_sc = _field(doc, "ml.e_above_hull_self_consistent")
-        e_sc = e_sc if _number(e_sc) else None
+        e_sc = e_sc if number(e_sc) else None
         rmsd = _field(doc, "ml.rmsd_relaxed")
-        rmsd = rmsd if _number(rmsd) and relaxed else None
+        rmsd = rmsd if number(rmsd) and relaxed else None
         sg0, sg1 = _field(doc, "ml.relax.spacegroup_number_initial"), _field(doc, "ml.relax.spacegroup_number_final")
-        sg_n = relaxed and _number(sg0) and _number(sg1)
+        sg_n = relaxed and number(sg0) and number(sg1)
         smact = _field(doc, "validity.checks.smact.passed") is True
         structural = (_field(doc, "validity.checks.min_distance.passed") is True
                       and _field(doc, "validity.checks.volume.passed") is True)
@@ -173,18 +164,18 @@ def metric_counts_from_documents(docs: Iterable[dict], thresholds: Iterable[floa
         r["structural"] += structural
         r["smact_and_structural"] += smact and structural
         density, elements = _field(doc, "density"), _field(doc, "elements")
-        if valid and _number(density):
+        if valid and number(density):
             r["density"].append(density)
         if valid and isinstance(elements, list):
             r["nelements"].append(len(elements))
         target = _field(doc, "targets.band_gap.value")
         for g, path in gaps:
             gap = _field(doc, path)
-            if _number(gap) and _number(target):
+            if number(gap) and number(target):
                 r[f"gap_{g}_n"] += 1
                 r[f"gap_{g}_abs_sum"] += abs(gap - target)
         d = _field(doc, "dft.e_above_hull")
-        if s == st.DFT_DONE and _number(d) and _number(e_raw):
+        if s == st.DFT_DONE and number(d) and number(e_raw):
             # true/false: the ML verdict at 0 eV/atom agrees with DFT's; positive/negative: ML says stable
             r[f"dft_{'t' if (e_raw <= 0) == (d <= 0) else 'f'}{'p' if e_raw <= 0 else 'n'}"] += 1
         for t in thresholds:
@@ -192,7 +183,7 @@ def metric_counts_from_documents(docs: Iterable[dict], thresholds: Iterable[floa
             bt["vsun"] += novel and e is not None and e <= t
             bt["sun"] += nur and e is not None and e <= t
             bt["sun_sc"] += nur and e_sc is not None and e_sc <= t
-    out = [{"condition": c, **rows[c]} for c in sorted(rows, key=_condition_order)]
+    out = [{"condition": c, **rows[c]} for c in sorted(rows, key=condition_order)]
     if not thresholds:
         for r in out:
             del r["by_threshold"]

@@ -78,6 +78,16 @@ def is_number(path: str) -> dict:
                      {"$gte": [path, float("-inf")]}]}
 
 
+def number(x) -> bool:
+    """:func:`is_number` in Python: a number (not a boolean) that is not NaN."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
+def condition_order(c):
+    """MongoDB's order of ``$group`` ids in ``$sort``: null first, then numbers, then the rest as strings."""
+    return (c is not None, not isinstance(c, (int, float)), c if isinstance(c, (int, float)) else str(c))
+
+
 def join_formulas(path: str) -> dict:
     """Aggregation expression: ``"A + B"`` from an array of ``{formula: ...}`` (missing: None)."""
     return {"$cond": [{"$isArray": path}, {"$reduce": {

@@ -31,6 +31,7 @@ from typing import Iterable
 from pymongo.errors import DuplicateKeyError
 
 from fw_screen import state as st
+from fw_screen.store.base import condition_order, number
 
 #: the condition a counter document is kept per (the band-gap target CrystaLLM-pi generates for)
 CONDITION = "targets.band_gap.value"
@@ -58,7 +59,7 @@ def ml_facts(ml: dict) -> dict:
     """The ML result as the yields count it: e_above_hull (a number or None) and the band-gap hit."""
     e = ml.get("e_above_hull")
     hit = (((ml.get("hits") or {}).get("band_gap")) or {}).get("hit")
-    return {"e": e if isinstance(e, (int, float)) and not isinstance(e, bool) and e == e else None,
+    return {"e": e if number(e) else None,
             "hit": hit if isinstance(hit, bool) else None}
 
 
@@ -241,7 +242,7 @@ class Counters:
         thr = self._threshold(campaign)
         relaxed = {r["condition"]: r for r in self.relaxed_count_rows(campaign, [thr])}
         rows, failures = [], Counter()
-        for cond, c in sorted(self.funnel_counts(campaign).items(), key=lambda kv: _sort_key(kv[0])):
+        for cond, c in sorted(self.funnel_counts(campaign).items(), key=lambda kv: condition_order(kv[0])):
             status = {s: c.get(f"status.{s}", 0) for s in st.ORDER if c.get(f"status.{s}", 0)}
             if not status:
                 continue
@@ -266,7 +267,3 @@ def _born(token: str) -> float:
     except ValueError:
         return 0.0
 
-
-def _sort_key(condition):
-    """MongoDB's order of the ``$group`` ids (null first, then numbers): the order yield_count_rows returns."""
-    return (condition is not None, condition if isinstance(condition, (int, float)) else str(condition))
