@@ -88,6 +88,7 @@ def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, slee
         procs[i] = start(folders[i])
 
     while True:
+        put_back_at_start = cleanup.put_back
         codes: list[int | None] = [None] * workers
         while any(c is None for c in codes):
             for i, p in enumerate(procs):
@@ -103,8 +104,9 @@ def launch_workers(lp_file: str, fworker: str, workers: int, workdir: Path, slee
             cleanup.tick()
             time.sleep(0.2)
         # the launchers found no work left; if a dead one's Firework had no waiting children they did not
-        # wait for it: put it back and go round again
-        if rounds == 0 or not cleanup.settle(folders):
+        # wait for it: put it back and go round again.  Also when something was put back while this round's
+        # launchers ran: the last of them may have looked for work just before (a loaded node), and exited.
+        if rounds == 0 or not (cleanup.settle(folders) or cleanup.put_back > put_back_at_start):
             break
         rounds -= 1
         print("Fireworks of exited launchers put back: starting the launchers again", file=sys.stderr, flush=True)
