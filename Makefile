@@ -6,7 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-all bench install qe chromium db-stop clean reference-env bench-port
+.PHONY: demo test test-all bench install qe chromium slurm db-stop clean reference-env bench-port
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(BIN)/python:
 # chgnet/sevenn/matgl) would otherwise fetch a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[all,test]'
 	touch $(STAMP)
 
 # Quantum ESPRESSO (pw.x 6.7) and its pseudopotential package from Debian, for the DFT stage.
@@ -33,15 +33,27 @@ chromium:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core; }
 	@command -v chromium >/dev/null && echo "chromium: $$(command -v chromium)"
 
+# Debian's SLURM (slurmctld, slurmd, sbatch, ...) and munge, for tests/test_slurm.py: tests/slurm_cluster.py
+# writes a slurm.conf for this one host and starts munged/slurmctld/slurmd itself (nothing is enabled here).
+# libpmix-dev: slurm's mpi/pmix plugin opens the unversioned libpmix.so; without it `srun pw.x` (Debian's
+# Open MPI) fails in MPI_Init ("OMPI was not built with SLURM's PMI support").
+slurm:
+	@dpkg -s slurm-wlm munge libpmix-dev >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq slurm-wlm munge libpmix-dev; }
+	@command -v slurmctld >/dev/null && echo "slurm: $$(slurmd -V)"
+
 install: $(STAMP) qe chromium
 
 demo: $(STAMP) qe
 	$(BIN)/fw-screen demo
 
-test: $(STAMP) qe chromium
-	$(BIN)/python -m pytest tests
+# two pytest workers, one per core of the CI machine (pytest-xdist); a test file stays on one worker (its
+# module fixtures, e.g. the pw.x runs of tests/test_qe.py, are computed once).  TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+test: $(STAMP) qe chromium slurm
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
-test-all: $(STAMP) qe chromium
+test-all: $(STAMP) qe chromium slurm
 	$(BIN)/python -m pytest tests -m ''
 
 bench: $(STAMP)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from fw_screen.extras import MissingExtraError, require
 from fw_screen.orchestration.demo import examples_dir  # noqa: F401 -- `from fw_screen.cli import examples_dir`
 from fw_screen.orchestration.launchpad import open_launchpad
 from fw_screen.orchestration.supervisor import Progress, launch_workers
@@ -425,6 +426,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_chemical_space(args) -> int:
+    require("report", what="the chemical-space map")
     from fw_screen.reporting.chemical_space import (
         campaign_chemical_space,
         format_chemical_space,
@@ -445,6 +447,7 @@ def cmd_chemical_space(args) -> int:
 
 
 def cmd_report(args) -> int:
+    require("report")
     from fw_screen.reporting.report import build_report, default_path, format_summary
 
     store = _store(resolve_launchpad(args.launchpad, args.home))
@@ -731,6 +734,8 @@ DEMO_TEXT = {
 
 
 def cmd_demo(args) -> int:
+    for extra in ("ml", "dft", "report"):  # `make demo` installs them all ([all])
+        require(extra, what="the demo (ML, DFT and the report)")
     from fw_screen.orchestration.demo import run_demo
     from fw_screen.reporting.funnel import funnel_report
     from fw_screen.reporting.report import build_report
@@ -794,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(`fw-screen db status`, `fw-screen db start`)", file=sys.stderr)
         return 2
     except (CLIError, server.ServerError, SpecError, StoreError, IngestError, ReferenceSourceError,
-            AnalysisError) as exc:
+            AnalysisError, MissingExtraError) as exc:
         print(f"fw-screen: error: {exc}", file=sys.stderr)
         return 2
 

@@ -45,6 +45,8 @@ PROPERTY_METHODS = ("ml", "dft_lite")
 #: partially occupied references (fw_screen/science/uniqueness.py)
 MATCHERS = ("ordered", "disordered")
 DFT_CODES = ("qe", "vasp")
+#: ml.device: the device of every potential and of the band-gap model (fw_screen.science.potentials.resolve_device)
+ML_DEVICES = ("auto", "cpu", "cuda")
 
 
 class SpecError(ValueError):
@@ -259,6 +261,8 @@ class MLSettings(Section):
     time_limit_s: float | None = _setting(_number(1, optional=True))
     max_sites: int = _setting(_number(1, integer=True))
     batch_size: int = _setting(_number(1, integer=True))
+    batch_size_cuda: int = _setting(_number(1, integer=True))
+    device: str = _setting(_choice(ML_DEVICES, "auto, cpu or cuda"))
     stability_threshold: float = _setting(_number(0))
     prescreen_e_hull: float | None = _setting(_number(optional=True))
 
@@ -422,7 +426,10 @@ ADDED_SETTINGS = {"uniqueness.matcher": "ordered",
                   "property.method": "ml", "property.widen_tolerance_by_model_error": None,
                   "property.dft_lite_kppa": None, "property.dft_lite_nscf_kppa": None,
                   "property.dft_lite_max_sites": None,
-                  "dft.qe.keep_scratch": None, "ml.prescreen_e_hull": None}
+                  "dft.qe.keep_scratch": None, "ml.prescreen_e_hull": None,
+                  # where and in what batches the ML stage runs, not what it computes: the defaults (auto
+                  # is the CPU on a worker without CUDA, where every ML stage ran before the setting existed)
+                  "ml.device": None, "ml.batch_size_cuda": None}
 
 
 def upgrade(spec: dict) -> dict:

@@ -216,9 +216,10 @@ def test_same_debian_quantum_espresso_packages_as_make_qe(docker_stages, make_re
 def test_installs_this_project_as_the_makefile_does(docker_stages, make_recipes):
     project = tomllib.loads(PYPROJECT.read_text())
     make_pips = [a for line in make_recipes["$(STAMP)"] for args in pip_installs(make_commands(line)) for a in args]
-    make_targets = {re.sub(r"\[.*\]$", "", a.strip("'\"")) for a in make_pips if a.strip("'\"").startswith(".")}
+    # the project with its extras: `.[all,test]`, `./[all]` (hadolint's DL3013 reads `.[all]` as a package name)
+    make_targets = {re.sub(r"/?\[.*\]$", "", a.strip("'\"")) for a in make_pips if a.strip("'\"").startswith(".")}
     docker_pips = [a for args in pip_installs(_run_lines(docker_stages[0])) for a in args]
-    docker_targets = {re.sub(r"\[.*\]$", "", a.strip("'\"")) for a in docker_pips if a.strip("'\"").startswith(".")}
+    docker_targets = {re.sub(r"/?\[.*\]$", "", a.strip("'\"")) for a in docker_pips if a.strip("'\"").startswith(".")}
     assert make_targets == docker_targets == {"."}, (make_targets, docker_targets)
     # the install runs in the folder holding the copied pyproject and package(s)
     build = docker_stages[0]

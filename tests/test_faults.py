@@ -210,6 +210,7 @@ def test_kill9_mid_pwx_reference_is_recovered_and_computed_once(launchpad, launc
 
 
 @needs_pw
+@pytest.mark.slow  # `make test-all`; the default run keeps test_kill9_mid_pwx_reference_is_recovered_and_computed_once
 def test_kill9_mid_pwx_of_an_inline_reference_resumes(launchpad, launchpad_file, store, tmp_path):
     """The candidate Firework computes its reference phase inline and dies in that pw.x after its own result
     was written: the rerun Firework resumes the reference only (no second candidate run, one result)."""

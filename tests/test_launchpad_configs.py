@@ -66,11 +66,31 @@ def test_queue_adapters_render_a_script(name, tmp_path):
     assert "rlaunch" in script and "OPENBLAS_NUM_THREADS=1" in script
     assert "$${" not in script and "/path/to" not in script
     category = "ml" if "_ml_" in name else "dft" if "_dft_" in name else "cheap"
-    assert f"my_fworker_{category}.yaml" in script
+    worker = f"{category}_gpu" if "_gpu_" in name else category
+    assert f"my_fworker_{worker}.yaml" in script
     if shutil.which("bash"):  # the rendered job script is valid shell
         path = tmp_path / "job.sh"
         path.write_text(script)
         assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+
+
+def test_gpu_fworker_pulls_ml_fireworks_and_insists_on_cuda():
+    from fw_screen.spec import ML_DEVICES
+
+    worker = FWorker.from_file(str(CONFIGS / "my_fworker_ml_gpu.yaml"))
+    assert worker.category == ["ml"] and worker.query["spec._category"] == {"$in": ["ml"]}
+    assert worker.env["db_file"].endswith(".yaml") and "/path/to" not in str(worker.env)
+    assert worker.env["ml_device"] == "cuda" and worker.env["ml_device"] in ML_DEVICES
+
+
+@pytest.mark.parametrize("name", [n for n in ADAPTERS if "_gpu_" in n])
+def test_gpu_adapters_request_a_gpu(name, tmp_path):
+    """The SLURM GPU adapter renders a GPU request through FireWorks' own SLURM template keys."""
+    adapter = load_object_from_file(str(CONFIGS / name))
+    assert "_ml_" in name and adapter.q_type == "SLURM"
+    script = adapter.get_script_str(str(tmp_path))
+    assert re.search(r"^#SBATCH --(gpus-per-node=[1-9]|gres=gpu:[1-9]|gpus=[1-9])", script, re.M), script
+    assert "my_fworker_ml_gpu.yaml" in script
 
 
 @pytest.mark.parametrize("name", [n for n in ADAPTERS if "_ml_" in n])

@@ -4,6 +4,7 @@
 
     fw_screen/
       spec.py state.py   the campaign spec and the candidate state machine        (import nothing of fw_screen)
+      extras.py          which optional extra ([ml], [dft], ...) a task needs      (imports nothing of fw_screen)
       science/           pure: structures and dicts in, verdicts out              (spec, state, science)
       dft/               DFT result schema, hull, Quantum ESPRESSO, VASP results  (+ science, dft)
       store/             MongoDB: every access of fw-screen's own collections     (+ science)
@@ -34,15 +35,15 @@ PKG = ROOT / "fw_screen"
 
 #: room -> the rooms it may import (besides itself); a room is a top-level module or folder of fw_screen
 ALLOWED = {
-    "spec": set(), "state": set(),
+    "spec": set(), "state": set(), "extras": set(),
     "science": {"spec", "state"},
     "dft": {"spec", "state", "science"},
     "store": {"spec", "state", "science"},
     "server": {"spec", "state", "science", "store"},
     "stages": {"spec", "state", "science", "dft", "store"},
     "reporting": {"spec", "state", "science", "dft", "store"},
-    "orchestration": {"spec", "state", "science", "dft", "store", "stages", "server"},
-    "cli": {"spec", "state", "science", "dft", "store", "stages", "server", "reporting", "orchestration"},
+    "orchestration": {"spec", "state", "extras", "science", "dft", "store", "stages", "server"},
+    "cli": {"spec", "state", "extras", "science", "dft", "store", "stages", "server", "reporting", "orchestration"},
     "__init__": set(),
 }
 #: third-party packages a room may not import: science and dft are pure; stages reach MongoDB through the store

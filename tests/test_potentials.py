@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 from ase.calculators.calculator import Calculator, all_changes
@@ -12,20 +10,9 @@ from ase.calculators.calculator import Calculator, all_changes
 from fw_screen.science import potentials
 from fw_screen.science.potentials import POTENTIALS, PotentialError
 
-MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models"
-
-
-def _m3gnet_dir() -> Path | None:
-    """The M3GNet model folder under $FW_SCREEN_MODEL_DIR or the shared models folder, None if neither has it."""
-    for base in (os.environ.get(potentials.MODEL_DIR_ENV), MODELS):
-        if base and (Path(base) / potentials.M3GNET_FOLDER).is_dir():
-            return Path(base) / potentials.M3GNET_FOLDER
-    return None
-
-
-M3GNET_DIR = _m3gnet_dir()
-needs_m3gnet = pytest.mark.skipif(M3GNET_DIR is None, reason=f"M3GNet model folder {potentials.M3GNET_FOLDER} "
-                                  f"absent (neither under ${potentials.MODEL_DIR_ENV} nor {MODELS})")
+#: the model folders shipped in the package (fw_screen/models): M3GNet runs on a fresh clone
+MODELS = potentials.SHIPPED_MODEL_DIR
+M3GNET_DIR = MODELS / potentials.M3GNET_FOLDER
 
 
 def test_every_potential_declares_scale_and_elements():
@@ -60,16 +47,48 @@ def test_element_sets_match_the_models():
     assert POTENTIALS["chgnet"]["elements"] == set(chemical_symbols[1:width + 1])
     sevennet = SevenNetCalculator("7net-0", device="cpu")
     assert POTENTIALS["sevennet-0"]["elements"] == {chemical_symbols[z] for z in sevennet.type_map}
-    model_json = MODELS / potentials.M3GNET_FOLDER / "model.json"
-    if model_json.exists():
-        types = json.loads(model_json.read_text())["kwargs"]["model"]["init_args"]["element_types"]
-        assert POTENTIALS["m3gnet"]["elements"] == set(types)
+    types = json.loads((M3GNET_DIR / "model.json").read_text())["kwargs"]["model"]["init_args"]["element_types"]
+    assert POTENTIALS["m3gnet"]["elements"] == set(types)
 
 
-def test_m3gnet_without_model_dir_names_the_setting(monkeypatch):
+def test_m3gnet_folder_ships_with_the_package():
+    """The shipped folder is the one fw_screen/models/README.md describes, byte for byte (sha256)."""
+    import hashlib
+    import re
+
+    readme = (MODELS / "README.md").read_text()
+    block = readme.split(f"## {potentials.M3GNET_FOLDER}/", 1)[1].split("```", 2)[1]
+    sums = dict(reversed(line.split()) for line in block.strip().splitlines())
+    assert set(sums) == {"README.md", "model.json", "model.pt", "state.pt"}
+    for name, digest in sums.items():
+        assert re.fullmatch(r"[0-9a-f]{64}", digest)
+        assert hashlib.sha256((M3GNET_DIR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_m3gnet_is_found_without_settings(monkeypatch):
+    """A fresh clone: no ml.model_dir, no $FW_SCREEN_MODEL_DIR -> the shipped folder."""
     monkeypatch.delenv(potentials.MODEL_DIR_ENV, raising=False)
-    with pytest.raises(PotentialError, match=r"ml.model_dir.*FW_SCREEN_MODEL_DIR"):
+    assert potentials.resolve_model_dir("m3gnet") == M3GNET_DIR.resolve()
+
+
+def test_m3gnet_without_a_shipped_copy_names_the_setting(monkeypatch, tmp_path):
+    monkeypatch.delenv(potentials.MODEL_DIR_ENV, raising=False)
+    monkeypatch.setattr(potentials, "SHIPPED_MODEL_DIR", tmp_path)   # an installation that lost the files
+    with pytest.raises(PotentialError, match=r"lacks the shipped copy.*ml.model_dir.*FW_SCREEN_MODEL_DIR"):
         potentials.get_calculator("m3gnet")
+
+
+def test_model_dir_settings_override_the_shipped_folder(monkeypatch, tmp_path):
+    """$FW_SCREEN_MODEL_DIR and ml.model_dir win over the shipped copy; one without the folder is an error,
+    never a silent fall-back to the shipped copy."""
+    other = tmp_path / "mine" / potentials.M3GNET_FOLDER
+    other.mkdir(parents=True)
+    monkeypatch.setenv(potentials.MODEL_DIR_ENV, str(other.parent))
+    assert potentials.resolve_model_dir("m3gnet") == other.resolve()
+    monkeypatch.setenv(potentials.MODEL_DIR_ENV, str(tmp_path / "empty"))
+    with pytest.raises(PotentialError, match="no model folder M3GNet-MP-2021.2.8-PES"):
+        potentials.resolve_model_dir("m3gnet")
+    assert potentials.resolve_model_dir("m3gnet", other) == other.resolve()      # ml.model_dir wins over the env
 
 
 def test_m3gnet_wrong_model_dir(tmp_path):
@@ -77,7 +96,6 @@ def test_m3gnet_wrong_model_dir(tmp_path):
         potentials.get_calculator("m3gnet", tmp_path)
 
 
-@pytest.mark.skipif(not MODELS.is_dir(), reason=f"no matgl model folders at {MODELS}")
 def test_m3gnet_model_dir_is_found_from_parent_or_folder(monkeypatch):
     assert potentials.resolve_model_dir("m3gnet", MODELS).name == potentials.M3GNET_FOLDER
     assert potentials.resolve_model_dir("m3gnet", MODELS / potentials.M3GNET_FOLDER).name == potentials.M3GNET_FOLDER
@@ -132,11 +150,9 @@ def test_dgl_era_checkpoint_detection(tmp_path):
     torch.save({"element_refs.property_offset": torch.zeros(2), "element_refs.onehot": torch.eye(2)},
                tmp_path / "state.pt")
     assert potentials.is_dgl_era_checkpoint(tmp_path)
-    if M3GNET_DIR is not None:
-        assert potentials.is_dgl_era_checkpoint(M3GNET_DIR)
+    assert potentials.is_dgl_era_checkpoint(M3GNET_DIR)
 
 
-@needs_m3gnet
 def test_m3gnet_lif_energy(m3gnet):
     """Loaded through get_calculator (so the self-check passed): LiF -4.832 eV/atom, MP raw GGA -4.85."""
     from ase.build import bulk
@@ -146,7 +162,6 @@ def test_m3gnet_lif_energy(m3gnet):
     assert atoms.get_potential_energy() / len(atoms) == pytest.approx(-4.83, abs=0.1)
 
 
-@needs_m3gnet
 def test_m3gnet_nacl_lattice_constant(m3gnet):
     """E(a) of rock-salt NaCl has its minimum at the model README's 5.6913 A (not beyond 6.2 A, as without the
     DGL aggregation)."""
@@ -164,7 +179,6 @@ def test_m3gnet_nacl_lattice_constant(m3gnet):
     assert -c1 / (2 * c2) == pytest.approx(5.69, rel=0.01)
 
 
-@needs_m3gnet
 def test_m3gnet_without_dgl_aggregation_is_refused():
     """matgl 4's own aggregation on the DGL-era weights: the self-check refuses it (LiF +1.07 eV/atom); the
     same model object passes once use_dgl_node_aggregation has changed its 3 graph convolutions."""

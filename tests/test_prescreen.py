@@ -25,8 +25,10 @@ from tests.conftest import EXAMPLES
 
 BOUND = 0.2
 
-#: the ml fields a relaxed candidate had before the pre-screen existed (relaxed_verdict's included)
-TODAYS_FIELDS = {"potential", "relax", "structure_relaxed", "structure_relaxed_reduced", "match_key_relaxed",
+#: the ml fields a relaxed candidate had before the pre-screen existed (relaxed_verdict's included), and the
+#: device it ran on (``ml.device``, issue 17)
+TODAYS_FIELDS = {"potential", "device", "relax", "structure_relaxed", "structure_relaxed_reduced",
+                 "match_key_relaxed",
                  "matched_reference_relaxed", "novel_relaxed", "relaxed_sets", "rmsd_relaxed", "hull",
                  "e_above_hull", "e_above_hull_unrelaxed", "stable", "band_gap", "hits"}
 

@@ -19,7 +19,6 @@ from fw_screen.science import stability
 
 REPO = Path(__file__).resolve().parents[1]
 MP_DIR = REPO.parent / "shared" / "data" / "reference" / "mp"
-MODELS = REPO.parent / "shared" / "data" / "models"
 
 
 def _mp_file(system: str) -> Path:
@@ -287,10 +286,9 @@ def test_sevennet_l3i5_energy_scale(lcno):
     _assert_scale("sevennet-l3i5", potentials.get_calculator("sevennet-l3i5"), lcno)
 
 
-@pytest.mark.skipif(not (MODELS / potentials.M3GNET_FOLDER).is_dir(),
-                    reason=f"M3GNet model folder absent ({MODELS / potentials.M3GNET_FOLDER})")
 def test_m3gnet_energy_scale(lcno):
-    _assert_scale("m3gnet", potentials.get_calculator("m3gnet", MODELS), lcno)
+    """The shipped M3GNet folder (fw_screen/models; no ml.model_dir, no shared data needed)."""
+    _assert_scale("m3gnet", potentials.get_calculator("m3gnet", potentials.SHIPPED_MODEL_DIR), lcno)
 
 
 def test_band_gap_failure_keeps_the_hull_result(store, spec):

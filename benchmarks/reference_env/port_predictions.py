@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 MEGNET_DIR = REPO / "fw_screen" / "models" / "MEGNet-MP-2019.4.1-BandGap-mfi"
-M3GNET_DIR = Path("/work/shared/data/models/M3GNet-MP-2021.2.8-PES")
+M3GNET_DIR = REPO / "fw_screen" / "models" / "M3GNet-MP-2021.2.8-PES"  # shipped (BSD-3)
 
 
 def _count(module, marker: str) -> int:

@@ -17,6 +17,7 @@ from fw_screen import stages as campaign
 from fw_screen import state as st
 from fw_screen.dft import schema
 from fw_screen.dft.vasp import candidate_structure, vasp_result
+from fw_screen.extras import require
 from fw_screen.store import ResultsStore
 from fw_screen.store.atomate import find_task_docs
 from fw_screen.spec import CampaignSpec, as_spec
@@ -109,13 +110,16 @@ class StabilityTask(FiretaskBase):
     optional_params = ["db_file"]
 
     def run_task(self, fw_spec):
+        require("ml")  # first, before the store: without the extra the Firework fizzles and no data changes
         import torch
 
         # one thread per worker process: parallelism comes from more rlaunch processes; two torch
         # threads per process on a busy 2-core node made predictions ~100x slower (measured)
         torch.set_num_threads(int(os.environ.get("FW_SCREEN_TORCH_THREADS", "1")))
         store = _store(self, fw_spec)
-        counts = campaign.run_stability(store, self["campaign"], self["ml_batch"])
+        # the FWorker env's ml_device (auto | cpu | cuda) overrides the spec's ml.device on this worker
+        device = (fw_spec.get("_fw_env") or {}).get("ml_device")
+        counts = campaign.run_stability(store, self["campaign"], self["ml_batch"], device=device)
         return FWAction(stored_data=counts, additions=_after_ml_stage(self, store, counts))
 
 
@@ -156,6 +160,7 @@ class QECandidateTask(FiretaskBase):
     optional_params = ["db_file", "checkpoint"]
 
     def run_task(self, fw_spec):
+        require("dft")
         out = campaign.run_dft_candidate(_store(self, fw_spec), self["candidate"], os.getcwd(), _dft_env(fw_spec),
                                          checkpoint=self.get("checkpoint"),
                                          fw_id=getattr(self, "fw_id", None))  # set by _add_launchpad_and_fw_id
@@ -172,6 +177,7 @@ class DFTLiteTask(FiretaskBase):
     optional_params = ["db_file", "checkpoint"]
 
     def run_task(self, fw_spec):
+        require("dft", what="the DFT-lite band gap")
         store = _store(self, fw_spec)
         out = campaign.run_dft_lite(store, self["candidate"], os.getcwd(), _dft_env(fw_spec),
                                     checkpoint=self.get("checkpoint"))
@@ -189,6 +195,7 @@ class QEReferenceTask(FiretaskBase):
     optional_params = ["db_file", "checkpoint"]
 
     def run_task(self, fw_spec):
+        require("dft", what="the Quantum ESPRESSO reference stage")
         out = campaign.run_dft_reference(_store(self, fw_spec), self["campaign"], self["system"], self["phase"],
                                          os.getcwd(), _dft_env(fw_spec), checkpoint=self.get("checkpoint"),
                                          fw_id=getattr(self, "fw_id", None))  # set by _add_launchpad_and_fw_id
@@ -204,6 +211,7 @@ def vasp_workflow(candidate: dict, db_file: str, vasp_cmd: str = ">>vasp_cmd<<",
     ``db_file``: atomate's db.json (:func:`atomate_db_file`) for the task documents; ``results_db_file``:
     fw-screen's LaunchPad YAML for the results store (default: the FWorker's ``env.db_file``).
     """
+    require("vasp", what="the VASP workflow")
     from atomate.common.powerups import add_additional_fields_to_taskdocs
     from atomate.vasp.fireworks.core import NonSCFFW, OptimizeFW, StaticFW
 
@@ -257,7 +265,7 @@ class VaspResultTask(FiretaskBase):
     optional_params = ["db_file"]
 
     def run_task(self, fw_spec):
-
+        require("vasp")
         store = _store(self, fw_spec)
         cid = self["candidate_id"]
         tasks_db = self["tasks_db_file"]

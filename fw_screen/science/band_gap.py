@@ -3,7 +3,8 @@
 * A band-gap model is any object with ``name`` (str) and ``predict(structure) -> float`` (eV, raw, may be
   negative).  :data:`BAND_GAP_MODELS` maps names to loaders; :func:`register_band_gap_model` adds one;
   :func:`load_band_gap_model` takes a registered name or a path to a matgl model folder (the spec's
-  ``property.band_gap_model``) and caches the loaded model per process.
+  ``property.band_gap_model``) and caches the loaded model per process and device (``device``: an
+  ``ml.device`` value, resolved by :func:`fw_screen.science.potentials.resolve_device`, as the potentials are).
 * ``megnet-mfi`` is the bundled multi-fidelity MEGNet of matgl (``fw_screen/models/``, BSD-3; state 0 = PBE,
   1 = GLLB-SC, 2 = HSE, 3 = SCAN).  It is size-intensive (a supercell predicts what its primitive cell
   does) and weak on small gaps: Si comes out at ~0 eV at the PBE fidelity.  It was trained with DGL-era matgl,
@@ -65,20 +66,38 @@ class BandGapModel(Protocol):
 
 
 # ------------------------------------------------------------------------------------- matgl models
-class MatglBandGapModel:
-    """A matgl band-gap model (e.g. MEGNet-mfi) at one fidelity."""
+class _GraphsOn:
+    """matgl's ``Structure2Graph`` whose graph and lattice land on ``device`` (matgl's MEGNet
+    ``predict_structure`` builds them on the CPU and does not move them to the model)."""
 
-    def __init__(self, module, name: str, path: Path, fidelity: int | None):
+    def __init__(self, element_types, cutoff: float, device: str):
+        from matgl.ext.pymatgen import Structure2Graph
+
+        self.converter = Structure2Graph(element_types=tuple(element_types), cutoff=cutoff)
+        self.device = device
+
+    def get_graph(self, structure):
+        g, lat, state = self.converter.get_graph(structure)
+        return g.to(self.device), lat.to(self.device), state
+
+
+class MatglBandGapModel:
+    """A matgl band-gap model (e.g. MEGNet-mfi) at one fidelity, on one device (``"cpu"`` / ``"cuda"``)."""
+
+    def __init__(self, module, name: str, path: Path, fidelity: int | None, device: str = "cpu"):
         self.module = module
         self.name = name
         self.path = path
         self.fidelity = fidelity
+        self.device = device
         inner = getattr(module, "model", module)      # TransformedTargetModel wraps the network
-        self.element_types = frozenset(getattr(inner, "element_types", ()) or ())
+        self._element_order = tuple(getattr(inner, "element_types", ()) or ())
+        self.element_types = frozenset(self._element_order)
         self.cutoff = getattr(inner, "cutoff", None)
 
     def __repr__(self) -> str:
-        return f"MatglBandGapModel(name={self.name!r}, fidelity={self.fidelity!r}, path='{self.path}')"
+        return (f"MatglBandGapModel(name={self.name!r}, fidelity={self.fidelity!r}, device={self.device!r}, "
+                f"path='{self.path}')")
 
     def predict(self, structure) -> float:
         import torch
@@ -93,10 +112,13 @@ class MatglBandGapModel:
             if unknown:
                 raise PropertyError(f"element(s) {', '.join(unknown)} not among the {len(self.element_types)} "
                                     f"elements of band-gap model {self.name!r}")
-        state = None if self.fidelity is None else torch.tensor([self.fidelity])
+        state = None if self.fidelity is None else torch.tensor([self.fidelity], device=self.device)
+        kwargs = {}
+        if self._element_order and self.cutoff:  # the graph on the model's device (a no-op on the CPU)
+            kwargs["graph_converter"] = _GraphsOn(self._element_order, self.cutoff, self.device)
         try:
             with torch.no_grad():
-                out = self.module.predict_structure(structure, state_attr=state)
+                out = self.module.predict_structure(structure, state_attr=state, **kwargs)
         except Exception as exc:
             raise PropertyError(f"band-gap model {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
         value = float(out.reshape(-1)[0])
@@ -163,8 +185,27 @@ def use_dgl_edge_aggregation(module) -> int:
 
 
 _LOCK = threading.RLock()
-_MATGL_MODULES: dict[str, Any] = {}          # resolved folder -> loaded torch module (shared by fidelities)
-_LOADED: dict[tuple[str, int | None], Any] = {}   # (name or path, fidelity) -> model object
+_MATGL_MODULES: dict[str, Any] = {}   # resolved folder, aggregation, device -> torch module (shared by fidelities)
+_LOADED: dict[tuple[str, int | None, str], Any] = {}   # (name or path, fidelity, device) -> model object
+
+
+def _device(setting: str | None) -> str:
+    from fw_screen.science.potentials import resolve_device
+
+    return resolve_device(setting)
+
+
+def _to_device(module, device: str):
+    """``module`` with its parameters and its target transformer's tensors (if any) on ``device``."""
+    import torch
+
+    module = module.to(device)
+    transformer = getattr(module, "transformer", None)
+    for attr in ("mean", "std"):
+        value = getattr(transformer, attr, None)
+        if isinstance(value, torch.Tensor):
+            setattr(transformer, attr, value.to(device))
+    return module
 
 
 def _state_types(module) -> int | None:
@@ -181,16 +222,19 @@ def _state_types(module) -> int | None:
 
 
 def load_matgl_band_gap_model(path: str | Path, fidelity: int | None = 0, name: str | None = None,
-                              dgl_aggregation: bool | None = None) -> MatglBandGapModel:
+                              dgl_aggregation: bool | None = None, device: str | None = "auto") -> MatglBandGapModel:
     """Load a matgl model folder (``model.json``, ``model.pt``, ``state.pt``) from disk only.
 
     Never downloads: matgl would try the Hugging Face Hub for a missing ``owner/name`` path, so the folder is
     checked here first.  ``fidelity`` is the state index of a multi-fidelity model (ignored, stored as None,
     for a model without state).  ``dgl_aggregation``: restore the DGL-era edge aggregation
     (:func:`use_dgl_edge_aggregation`); None (default) does so for the known DGL-era checkpoints
-    (:func:`is_dgl_era_megnet`), False loads the checkpoint as stock matgl does (for comparisons).  The torch
-    module is cached per folder and aggregation.
+    (:func:`is_dgl_era_megnet`), False loads the checkpoint as stock matgl does (for comparisons).
+    ``device``: an ``ml.device`` value (``auto`` / ``cpu`` / ``cuda``, :func:`fw_screen.science.potentials.resolve_device`;
+    ``cuda`` without a CUDA device raises its ``DeviceError``).  The torch module is cached per folder,
+    aggregation and device.
     """
+    device = _device(device)
     folder = Path(path).expanduser()
     label = name or str(path)
     missing = [f for f in MATGL_FILES if not (folder / f).is_file()]
@@ -200,7 +244,7 @@ def load_matgl_band_gap_model(path: str | Path, fidelity: int | None = 0, name: 
                             f"{', '.join(MATGL_FILES)})")
     if dgl_aggregation is None:
         dgl_aggregation = is_dgl_era_megnet(folder)
-    key = f"{folder.resolve()}|dgl={bool(dgl_aggregation)}"
+    key = f"{folder.resolve()}|dgl={bool(dgl_aggregation)}|{device}"
     with _LOCK:
         module = _MATGL_MODULES.get(key)
         if module is None:
@@ -214,6 +258,7 @@ def load_matgl_band_gap_model(path: str | Path, fidelity: int | None = 0, name: 
                 with warnings.catch_warnings(), torch.serialization.safe_globals([Normalizer]):
                     warnings.filterwarnings("ignore", message=".*[Ii]ncompatible model version.*")
                     module = matgl.load_model(folder)
+                module = _to_device(module, device)
                 module.eval()
                 if dgl_aggregation:
                     use_dgl_edge_aggregation(module)
@@ -234,16 +279,26 @@ def load_matgl_band_gap_model(path: str | Path, fidelity: int | None = 0, name: 
                             f"(it has states 0..{n_states - 1})")
     else:
         fidelity = int(fidelity)
-    return MatglBandGapModel(module, label, folder, fidelity)
+    return MatglBandGapModel(module, label, folder, fidelity, device)
 
 
-def _load_megnet_mfi(fidelity: int | None = 0) -> MatglBandGapModel:
-    return load_matgl_band_gap_model(MEGNET_MFI_DIR, fidelity=fidelity, name="megnet-mfi")
+def _load_megnet_mfi(fidelity: int | None = 0, device: str = "cpu") -> MatglBandGapModel:
+    return load_matgl_band_gap_model(MEGNET_MFI_DIR, fidelity=fidelity, name="megnet-mfi", device=device)
+
+
+def _takes_device(loader: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(loader).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 # ------------------------------------------------------------------------------------------ registry
-#: name -> loader; a loader is called as ``loader(fidelity=...)`` and returns an object with ``name`` and
-#: ``predict(structure) -> float`` (eV)
+#: name -> loader; a loader is called as ``loader(fidelity=...)`` (and ``device="cpu"|"cuda"`` when it takes a
+#: ``device`` keyword) and returns an object with ``name`` and ``predict(structure) -> float`` (eV)
 BAND_GAP_MODELS: dict[str, Callable[..., Any]] = {"megnet-mfi": _load_megnet_mfi}
 
 
@@ -266,22 +321,26 @@ def clear_band_gap_model_cache() -> None:
         _MATGL_MODULES.clear()
 
 
-def load_band_gap_model(name_or_path: str | Path, fidelity: int | None = 0):
-    """The model named by ``property.band_gap_model``: a registered name, else a matgl model folder path.
+def load_band_gap_model(name_or_path: str | Path, fidelity: int | None = 0, device: str | None = "auto"):
+    """The model named by ``property.band_gap_model``: a registered name, else a matgl model folder path, on
+    ``device`` (an ``ml.device`` value: ``auto`` / ``cpu`` / ``cuda``).
 
-    Cached per process and fidelity.  Raises :class:`PropertyError` naming the setting when the name is
-    unknown or the folder is missing or unloadable.
+    Cached per process, fidelity and device.  Raises :class:`PropertyError` naming the setting when the name
+    is unknown or the folder is missing or unloadable, and
+    :class:`fw_screen.science.potentials.DeviceError` for ``cuda`` without a CUDA device.
     """
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
         raise PropertyError(f"{MODEL_SETTING}: expected a model name ({', '.join(sorted(BAND_GAP_MODELS))}) or a "
                             f"folder path, got {name_or_path!r}")
-    key = (str(name_or_path), fidelity)
+    device = _device(device)
+    key = (str(name_or_path), fidelity, device)
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
         if isinstance(name_or_path, str) and name_or_path in BAND_GAP_MODELS:
+            loader = BAND_GAP_MODELS[name_or_path]
             try:
-                model = BAND_GAP_MODELS[name_or_path](fidelity=fidelity)
+                model = loader(fidelity=fidelity, device=device) if _takes_device(loader) else loader(fidelity=fidelity)
             except PropertyError:
                 raise
             except Exception as exc:
@@ -292,7 +351,7 @@ def load_band_gap_model(name_or_path: str | Path, fidelity: int | None = 0):
             if not folder.exists():
                 raise PropertyError(f"{MODEL_SETTING}: {str(name_or_path)!r} is neither a registered model "
                                     f"({', '.join(sorted(BAND_GAP_MODELS))}) nor an existing matgl model folder")
-            model = load_matgl_band_gap_model(folder, fidelity=fidelity, name=str(name_or_path))
+            model = load_matgl_band_gap_model(folder, fidelity=fidelity, name=str(name_or_path), device=device)
         _LOADED[key] = model
         return model
 

@@ -16,7 +16,8 @@ oxides land on MP's hull distance only with the right choice) and measured in
 ``benchmarks/bench_ml_accuracy.py``.
 
 Every model here runs offline: CHGNet and SevenNet weights ship in their wheels; M3GNet is loaded from a
-local matgl model folder (``ml.model_dir`` in the spec, or ``$FW_SCREEN_MODEL_DIR``), never downloaded.
+local matgl model folder, never downloaded: the one shipped in ``fw_screen/models`` unless ``ml.model_dir`` in
+the spec or ``$FW_SCREEN_MODEL_DIR`` names another folder holding it.
 Each model knows a fixed set of elements (:data:`POTENTIALS` ``elements``); a structure with any other
 element is a recorded failure (:func:`unsupported_elements`), not a crash.
 
@@ -24,6 +25,10 @@ M3GNet-MP-2021.2.8 was trained with DGL-era matgl; matgl 4 (PyG) loads it but ag
 onto the other end of each edge, which breaks every compound.  :func:`load_matgl_calculator` detects such
 checkpoints and restores the DGL rule (:func:`use_dgl_node_aggregation`).  Every loaded model must pass a
 rock-salt LiF energy check (:func:`self_check`) before it is used.
+
+Every model runs on the device :func:`resolve_device` gives for the spec's ``ml.device`` (``auto``: CUDA when
+torch sees one, else the CPU; ``cuda`` on a machine without one is a :class:`DeviceError`); the band-gap model
+(:mod:`fw_screen.science.band_gap`) uses the same resolver.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ from ase.data import chemical_symbols
 
 MODEL_DIR_ENV = "FW_SCREEN_MODEL_DIR"
 M3GNET_FOLDER = "M3GNet-MP-2021.2.8-PES"
+#: the model folders shipped in the package (fw_screen/models: M3GNet and the MEGNet band-gap model)
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
+
+#: ``ml.device``: the spec's choices, and what they resolve to on a worker
+DEVICES = ("auto", "cpu", "cuda")
 
 #: Z 1-94 is CHGNet's AtomRef width; SevenNet and M3GNet know Z 1-94 except Po, At, Rn, Fr, Ra (84-88)
 #: (read from the models' own type maps, and checked against them in tests/test_potentials.py)
@@ -79,6 +89,44 @@ class PotentialError(RuntimeError):
     """A potential cannot be used: unknown name, missing package or model files, failed load."""
 
 
+class DeviceError(PotentialError):
+    """``ml.device`` names a device this worker does not have (or is not a device name at all)."""
+
+
+def cuda_available() -> bool:
+    """Does torch see a CUDA device here?  False when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(setting: str | None = "auto") -> str:
+    """``"cpu"`` or ``"cuda"``: the device the ML models of this process run on, for the spec's ``ml.device``.
+
+    ``auto`` (and None) is ``cuda`` when torch sees a CUDA device, else ``cpu``; ``cpu`` is the CPU; ``cuda``
+    demands a CUDA device and raises :class:`DeviceError` when torch sees none (a CPU-only torch build, no
+    driver, ``CUDA_VISIBLE_DEVICES`` empty), rather than silently running on the CPU.
+    """
+    setting = "auto" if setting is None else setting
+    if setting not in DEVICES:
+        raise DeviceError(f"ml.device: expected one of {', '.join(DEVICES)}, got {setting!r}")
+    if setting == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda"
+    if setting == "cuda":
+        try:
+            import torch
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        except ImportError:
+            build = "torch not installed"
+        raise DeviceError(f"ml.device is cuda but torch sees no CUDA device on this worker ({build}): run the "
+                          "ML Fireworks on a GPU worker, or set ml.device to auto or cpu")
+    return "cpu"
+
+
 def potential_info(name: str) -> dict:
     """The :data:`POTENTIALS` entry of ``name``; :class:`PotentialError` naming the choices otherwise."""
     try:
@@ -101,9 +149,11 @@ def unsupported_elements(name: str, elements) -> list[str]:
 
 
 def resolve_model_dir(name: str, model_dir: str | os.PathLike | None = None) -> Path | None:
-    """The model folder a local-file potential loads from (``model_dir``, then ``$FW_SCREEN_MODEL_DIR``).
+    """The model folder a local-file potential loads from: ``model_dir`` (the spec's ``ml.model_dir``), else
+    ``$FW_SCREEN_MODEL_DIR``, else the folder shipped in ``fw_screen/models`` (:data:`SHIPPED_MODEL_DIR`).
 
-    ``model_dir`` may be the folder holding the matgl model folder or that folder itself.  None for
+    ``model_dir`` may be the folder holding the matgl model folder or that folder itself; a ``model_dir`` or
+    ``$FW_SCREEN_MODEL_DIR`` without it is an error (never a silent fall-back to the shipped copy).  None for
     potentials whose weights ship in their package.
     """
     info = potential_info(name)
@@ -112,9 +162,12 @@ def resolve_model_dir(name: str, model_dir: str | os.PathLike | None = None) -> 
         return None
     base = model_dir if model_dir is not None else os.environ.get(MODEL_DIR_ENV)
     if not base:
+        shipped = SHIPPED_MODEL_DIR / folder
+        if shipped.is_dir():
+            return shipped.resolve()
         raise PotentialError(f"potential {name!r} loads the matgl model folder {folder} from disk (no downloads "
-                             f"at run time): set ml.model_dir in the spec or ${MODEL_DIR_ENV} to the folder "
-                             f"that holds {folder}")
+                             f"at run time) and this installation lacks the shipped copy ({shipped}): set "
+                             f"ml.model_dir in the spec or ${MODEL_DIR_ENV} to the folder that holds {folder}")
     base = Path(base).expanduser()
     for candidate in (base / folder, base):
         if candidate.name == folder and candidate.is_dir():
@@ -123,20 +176,20 @@ def resolve_model_dir(name: str, model_dir: str | os.PathLike | None = None) -> 
                          f"or ${MODEL_DIR_ENV} to the folder that holds {folder}; nothing is downloaded)")
 
 
-def _load(name: str, folder: Path | None):
+def _load(name: str, folder: Path | None, device: str = "cpu"):
     info = potential_info(name)
     package = info["package"]
     try:
         if package == "chgnet":
             from chgnet.model import CHGNet
             from chgnet.model.dynamics import CHGNetCalculator
-            model = CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
-            return CHGNetCalculator(model=model, use_device="cpu")
+            model = CHGNet.load(model_name="0.3.0", use_device=device, verbose=False)
+            return CHGNetCalculator(model=model, use_device=device)
         if package == "sevenn":
             from sevenn.calculator import SevenNetCalculator
-            return SevenNetCalculator(info["checkpoint"], device="cpu")
+            return SevenNetCalculator(info["checkpoint"], device=device)
         if package == "matgl":
-            return load_matgl_calculator(folder)
+            return load_matgl_calculator(folder, device=device)
     except ImportError as exc:
         raise PotentialError(f"potential {name!r} needs the Python package {package!r}: {exc}") from exc
     except PotentialError:
@@ -218,8 +271,9 @@ def use_dgl_node_aggregation(model) -> int:
     return rebind_node_update(model, M3GNetGraphConv, _m3gnet_node_update_onto_dst, "_fw_dgl_node_aggregation")
 
 
-def load_matgl_calculator(folder: str | os.PathLike, dgl_aggregation: bool | None = None):
-    """An ASE calculator of the matgl potential in ``folder`` (loaded from disk only).
+def load_matgl_calculator(folder: str | os.PathLike, dgl_aggregation: bool | None = None, device: str = "cpu"):
+    """An ASE calculator of the matgl potential in ``folder`` (loaded from disk only), on ``device``
+    (``"cpu"`` / ``"cuda"``: matgl's ``Potential`` moves each graph to the device of its parameters).
 
     ``dgl_aggregation``: None (the default) applies :func:`use_dgl_node_aggregation` when the folder is a
     DGL-era checkpoint (:func:`is_dgl_era_checkpoint`); True / False force it on / off (tests).
@@ -227,7 +281,7 @@ def load_matgl_calculator(folder: str | os.PathLike, dgl_aggregation: bool | Non
     import matgl
     from matgl.ext.ase import PESCalculator
 
-    model = matgl.load_model(str(folder))
+    model = matgl.load_model(str(folder)).to(device)
     if dgl_aggregation is None:
         dgl_aggregation = is_dgl_era_checkpoint(folder)
     if dgl_aggregation:
@@ -236,21 +290,24 @@ def load_matgl_calculator(folder: str | os.PathLike, dgl_aggregation: bool | Non
     return PESCalculator(model, stress_unit="eV/A3")
 
 
-_CACHE: dict[tuple[str, str | None], object] = {}
+_CACHE: dict[tuple[str, str | None, str], object] = {}
 _LOCK = threading.Lock()
 
 
-def get_calculator(name: str, model_dir: str | os.PathLike | None = None):
-    """The ASE calculator of potential ``name``, loaded once per process (later calls return the same object).
+def get_calculator(name: str, model_dir: str | os.PathLike | None = None, device: str | None = "auto"):
+    """The ASE calculator of potential ``name`` on ``device`` (an ``ml.device`` value, :func:`resolve_device`),
+    loaded once per process and device (later calls return the same object).
 
-    Raises :class:`PotentialError` for an unknown name, a missing package or model folder, or a failed load.
+    Raises :class:`PotentialError` for an unknown name, a missing package or model folder, or a failed load,
+    and :class:`DeviceError` for ``cuda`` without a CUDA device.
     """
     folder = resolve_model_dir(name, model_dir)
-    key = (name, str(folder) if folder else None)
+    device = resolve_device(device)
+    key = (name, str(folder) if folder else None, device)
     with _LOCK:
         calc = _CACHE.get(key)
         if calc is None:
-            calc = _load(name, folder)
+            calc = _load(name, folder, device)
             self_check(name, calc)
             _CACHE[key] = calc
         return calc

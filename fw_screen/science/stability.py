@@ -34,17 +34,14 @@ import warnings
 from functools import lru_cache
 
 import numpy as np
-from ase.filters import FrechetCellFilter
-from ase.neighborlist import neighbor_list
-from ase.optimize import FIRE
 from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.core import Composition, Element, Lattice, Structure
 from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
 from pymatgen.entries.computed_entries import ComputedStructureEntry
-from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from fw_screen.science.potentials import energy_scale
+# ase and the potentials (the [ml] extra) are imported where a relaxation needs them: the hull functions and
+# HULL_ENERGY_SCALE serve the base install's cheap stages and analysis too
 
 #: explosion criteria (any one makes a relaxation ``exploded``)
 MAX_FORCE_EXPLODED = 1e3  # eV/Angstrom on any atom
@@ -74,6 +71,8 @@ def _structure(atoms, species) -> Structure:
 
 def _min_distance(atoms, cutoff: float = MIN_DISTANCE_EXPLODED) -> float | None:
     """Shortest interatomic distance below ``cutoff`` (periodic images included), None if there is none."""
+    from ase.neighborlist import neighbor_list
+
     d = neighbor_list("d", atoms, cutoff)
     return float(d.min()) if len(d) else None
 
@@ -111,6 +110,8 @@ def _finisher(out: dict, t0: float):
 def _input_atoms(structure: Structure):
     """(ASE atoms of ``structure`` with plain elements, their species, None), or (None, None, (status,
     reason)) when the input cannot be computed (zero/non-finite volume, atoms closer than 0.5 Angstrom)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
     species = [site.specie.element if hasattr(site.specie, "element") else site.specie for site in structure]
     atoms = AseAtomsAdaptor.get_atoms(Structure(structure.lattice, species, structure.frac_coords))
     v0 = atoms.get_volume()
@@ -212,6 +213,9 @@ def relax(structure: Structure, calculator, fmax: float = 0.05, max_steps: int =
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            from ase.filters import FrechetCellFilter
+            from ase.optimize import FIRE
+
             opt = FIRE(FrechetCellFilter(atoms), logfile=None)
             converged = False
             status, reason = None, None
@@ -304,6 +308,8 @@ def ml_entry(structure: Structure, energy_total: float, potential_name: str,
     """
     if energy_total is None or not math.isfinite(energy_total):
         raise CorrectionError(f"no finite energy ({energy_total})")
+    from fw_screen.science.potentials import energy_scale
+
     scale = energy_scale(potential_name)
     data = {"potential": potential_name, "energy_scale": scale}
     if scale == "mp2020":

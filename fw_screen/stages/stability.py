@@ -19,19 +19,24 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------- ML stability
-def stability_fields(doc: dict, spec: CampaignSpec, store: ResultsStore) -> tuple[str, dict]:
-    """(new status, stored fields) of the ML stage for one novel candidate (never raises)."""
+def stability_fields(doc: dict, spec: CampaignSpec, store: ResultsStore,
+                     device: str | None = None) -> tuple[str, dict]:
+    """(new status, stored fields) of the ML stage for one novel candidate.
+
+    ``device``: ``"cpu"`` / ``"cuda"`` as :func:`run_stability` resolved it once per batch; None resolves the
+    spec's ``ml.device`` here (a :class:`~fw_screen.science.potentials.DeviceError` then raises)."""
     from fw_screen.science import band_gap as prop
     from fw_screen.science import potentials, stability
     from fw_screen.stages import hulls
 
     ml, pcfg = spec.ml, spec.property
+    device = potentials.resolve_device(ml.device if device is None else device)
     structure = Structure.from_dict(doc["structure_reduced"])
     elements = sorted({el.symbol for el in structure.composition.elements})
-    out: dict = {"potential": ml.potential}
+    out: dict = {"potential": ml.potential, "device": device}
     pd, missing = hulls.reference_hull(store, elements)
     band_gap = None
-    gap_model = pcfg.band_gap_model, pcfg.band_gap_fidelity  # loaded once per process (cached)
+    gap_model = pcfg.band_gap_model, pcfg.band_gap_fidelity, device  # loaded once per process (cached)
     if missing:
         out["reason"] = f"no reference hull for {'-'.join(elements)}: {'; '.join(missing)}"
         out["missing_references"] = missing
@@ -49,8 +54,8 @@ def stability_fields(doc: dict, spec: CampaignSpec, store: ResultsStore) -> tupl
     if unsupported:
         out["reason"] = f"{ml['potential']} does not cover {', '.join(unsupported)}"
         return st.ML_FAILED, {"ml": out}
-    calc = potentials.get_calculator(ml.potential, ml.model_dir)
-    if ml.prescreen_e_hull is not None and _prescreened(doc, structure, calc, pd, spec, out):
+    calc = potentials.get_calculator(ml.potential, ml.model_dir, device)
+    if ml.prescreen_e_hull is not None and _prescreened(doc, structure, calc, pd, spec, out, device):
         return st.ML_DONE, {"ml": out}
     relax = stability.relax(structure, calc, fmax=ml.fmax, max_steps=ml.max_steps,
                             time_limit_s=ml.time_limit_s)
@@ -100,7 +105,8 @@ def _hull_fields(entry, pd) -> dict:
     return hull
 
 
-def _prescreened(doc: dict, structure: Structure, calc, pd, spec: CampaignSpec, out: dict) -> bool:
+def _prescreened(doc: dict, structure: Structure, calc, pd, spec: CampaignSpec, out: dict,
+                 device: str = "cpu") -> bool:
     """The single-point pre-screen (``ml.prescreen_e_hull``): the unrelaxed cell's energy above the
     reference hull, through the same MP2020 entry path as the relaxed one.  Records ``ml.prescreen``; when
     that hull distance is above the bound, fills ``out`` with the verdict of a candidate left unrelaxed
@@ -141,7 +147,7 @@ def _prescreened(doc: dict, structure: Structure, calc, pd, spec: CampaignSpec, 
     band_gap = None
     try:  # said to be the unrelaxed cell's, as for candidates without a reference hull
         band_gap = prop.predict_band_gap(structure, prop.load_band_gap_model(pcfg.band_gap_model,
-                                                                             pcfg.band_gap_fidelity))
+                                                                             pcfg.band_gap_fidelity, device))
         out["band_gap"] = {**band_gap, "structure": "unrelaxed"}
     except Exception as exc:  # as for the no-reference candidates: the hull verdict stays
         band_gap = None
@@ -170,8 +176,9 @@ def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: Ca
     """Put novel candidates into ML batches (ids that FireWorks cannot mistake for dates).
 
     Candidates inside a complete reference system will be relaxed (seconds to minutes each): small
-    batches of ``ml.batch_size`` keep several ML workers busy to the end.  The others only get a band-gap
-    prediction (milliseconds): they go in batches of ``batch_size`` so they cost few rockets.
+    batches of ``ml.batch_size`` keep several ML workers busy to the end (:func:`ml_batch_size`: larger on
+    GPU workers).  The others only get a band-gap prediction (milliseconds): they go in batches of
+    ``batch_size`` so they cost few rockets.
     """
     import uuid
 
@@ -183,8 +190,16 @@ def plan_ml_batches(store: ResultsStore, campaign: str, ids: list[str], spec: Ca
     relax = hulls.relaxable(store, {i: elements.get(i, []) for i in ids})
     chosen = set(relax)
     cheap = [i for i in ids if i not in chosen]
-    return (store.assign_ml_batches(campaign, relax, spec.ml.batch_size, prefix=f"{prefix}r")
+    return (store.assign_ml_batches(campaign, relax, ml_batch_size(spec), prefix=f"{prefix}r")
             + store.assign_ml_batches(campaign, cheap, spec.batch_size, prefix=f"{prefix}n"))
+
+
+def ml_batch_size(spec: CampaignSpec) -> int:
+    """Candidates to relax per ML Firework: ``ml.batch_size_cuda`` when ``ml.device`` is ``cuda``, else
+    ``ml.batch_size``.  Batches are planned before any worker takes them, on whichever node runs the
+    uniqueness stage, so ``auto`` plans CPU-sized batches (a GPU worker then runs more of them): name the
+    device ``cuda`` to plan for GPU workers."""
+    return spec.ml.batch_size_cuda if spec.ml.device == "cuda" else spec.ml.batch_size
 
 
 def requeue_covered(store: ResultsStore, campaign: str) -> int:
@@ -197,11 +212,20 @@ def requeue_covered(store: ResultsStore, campaign: str) -> int:
     return store.requeue_for_ml(covered) if covered else 0
 
 
-def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:
-    """Relax, hull distance, band gap and target hits for the novel candidates of one ML batch."""
+def run_stability(store: ResultsStore, campaign: str, ml_batch: str, device: str | None = None) -> dict:
+    """Relax, hull distance, band gap and target hits for the novel candidates of one ML batch.
+
+    ``device`` (the FWorker env's ``ml_device``, if any) overrides the spec's ``ml.device`` on this worker.
+    The device is resolved once, before any candidate is touched: ``cuda`` on a worker without one raises
+    :class:`~fw_screen.science.potentials.DeviceError` (the Firework fizzles with that message, every
+    candidate of the batch stays ``novel`` for a rerun on a GPU worker).
+    """
+    from fw_screen.science.potentials import resolve_device
+
     if not isinstance(ml_batch, str) or store.count({"campaign": campaign, "ml_batch": ml_batch}) == 0:
         raise ValueError(f"campaign {campaign!r} has no ML batch {ml_batch!r}")
     spec = store.campaign_spec(campaign)
+    device = resolve_device(spec.ml.device if device is None else device)
     counts = {st.ML_DONE: 0, st.NO_REFERENCE: 0, st.ML_FAILED: 0}
     t0 = time.perf_counter()
     docs = list(store.candidates_for({"campaign": campaign, "ml_batch": ml_batch, "status": st.NOVEL},
@@ -210,7 +234,7 @@ def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:
         warnings.simplefilter("ignore")
         for doc in docs:
             try:
-                new, fields = stability_fields(doc, spec, store)
+                new, fields = stability_fields(doc, spec, store, device)
             except Exception as exc:  # one bad candidate never takes the batch down
                 log.exception("ML stage failed on %s", doc["_id"])
                 new, fields = st.ML_FAILED, {"ml": {"reason": f"{type(exc).__name__}: {exc}",
@@ -218,6 +242,7 @@ def run_stability(store: ResultsStore, campaign: str, ml_batch: str) -> dict:
             counts[new] += 1
             store.transition([(doc["_id"], st.NOVEL, new, fields)], "ml")  # one by one: results land as they come
     counts["seconds"] = round(time.perf_counter() - t0, 3)
+    counts["device"] = device
     from fw_screen.stages import hulls
 
     counts["hulls_built_in_process"] = hulls.STATS["built"]
